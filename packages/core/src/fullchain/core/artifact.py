@@ -1,0 +1,96 @@
+"""Artifacts: one directory per step, complete only once `manifest.json` exists.
+
+The manifest is written last, atomically (write to a temporary file, fsync, rename), so a
+killed or failed step never leaves a directory that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact directory is missing, incomplete or has an unreadable manifest."""
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to `path` so readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of the artifact at `path`, None when there is none (step not complete).
+
+    A manifest that exists but cannot be parsed raises ArtifactError naming the file."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(
+            f"corrupt manifest {file}: {exc}. The step's output cannot be trusted; delete the "
+            f"directory {file.parent} (or `fullchain run` with `force=[{file.parent.parent.name}]`) "
+            "to recompute it."
+        ) from exc
+    for key in ("stage", "step_id"):
+        if key not in manifest:
+            raise ArtifactError(f"corrupt manifest {file}: required key '{key}' is missing.")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A complete step output: its directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Artifact":
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"artifact directory {path} does not exist.")
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise ArtifactError(
+                f"{path} has no {MANIFEST}: the step that writes it did not finish "
+                "(it failed or was killed); it is not a usable input."
+            )
+        return cls(path=path, manifest=manifest)
+
+    @property
+    def stage(self) -> str:
+        return self.manifest["stage"]
+
+    @property
+    def step_id(self) -> str:
+        return self.manifest["step_id"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved stage config that produced this artifact."""
+        return self.manifest.get("config", {})
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})

@@ -1,0 +1,222 @@
+"""`fullchain` command line: run, plan, show, env.
+
+    fullchain run experiment=tiny                       # run the graph (reuses complete steps)
+    fullchain run experiment=tiny pretrain.lr=1e-3,3e-3 -m   # Hydra multirun sweep
+    fullchain run --spec runs/<run>/spec.yaml           # re-run a resolved spec exactly
+    fullchain plan experiment=tiny                      # graph, ids, cached / to-run and why
+    fullchain show <artifact-dir | step-id>             # manifest and lineage back to the corpus
+    fullchain env sync [NAME ...] | fullchain env list  # per-stage environments
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from fullchain.core.artifact import ArtifactError
+from fullchain.core.config import ConfigError
+
+log = logging.getLogger("fullchain")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    if getattr(log, "_fullchain_configured", False):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[fullchain] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    log._fullchain_configured = True
+
+
+def _spec_from_args(args) -> dict:
+    from fullchain.core import spec as spec_mod
+
+    if args.spec:
+        if args.overrides:
+            raise ConfigError(f"--spec {args.spec}: a resolved spec takes no overrides "
+                              f"(got {args.overrides}); edit a copy of the file instead.")
+        return spec_mod.load_spec(Path(args.spec))
+    conf_dir = spec_mod.find_conf_dir(args.conf)
+    return spec_mod.to_spec(spec_mod.compose(conf_dir, args.overrides))
+
+
+def cmd_run(args) -> int:
+    from fullchain.core import runner
+
+    if args.multirun:
+        return _multirun(args)
+    runner.execute(_spec_from_args(args))
+    return 0
+
+
+def _multirun(args) -> int:
+    """Hand the sweep to Hydra's own multirun machinery (so hydra/launcher=submitit_slurm etc.
+    work); each job composes its spec and runs the graph, reusing whatever earlier jobs made."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from fullchain.core import runner
+    from fullchain.core import spec as spec_mod
+
+    if args.spec:
+        raise ConfigError("--spec and -m: a resolved spec is one run; sweep over the config tree")
+    conf_dir = spec_mod.find_conf_dir(args.conf)
+    spec_mod.register_resolvers()
+
+    @hydra.main(config_path=str(conf_dir), config_name=spec_mod.CONFIG_NAME, version_base="1.3")
+    def job(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+        log.info("job %s: %s", HydraConfig.get().job.num, " ".join(overrides))
+        runner.execute(spec_mod.to_spec(cfg))
+
+    saved = sys.argv
+    sys.argv = ["fullchain", *args.overrides, "--multirun"]
+    try:
+        job()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from fullchain.core import runner
+
+    started = time.time()
+    spec, steps = runner.plan(_spec_from_args(args))
+    rows = []
+    for step in steps:
+        inputs = ",".join(f"{n}:{s.step_id[:8]}" for n, s in step.inputs.items()) or "-"
+        role = "" if step.selected else " (input)"
+        rows.append((step.name + role, step.step_id, step.status, inputs, step.reason))
+    widths = [max(len(r[i]) for r in rows + [("stage", "step id", "status", "inputs", "")])
+              for i in range(4)]
+    head = ("stage", "step id", "status", "inputs")
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  why")
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    to_run = sum(1 for s in steps if s.status == "to-run")
+    print(f"\n{len(steps)} step(s): {to_run} to run, {len(steps) - to_run} cached  "
+          f"(store: {spec['paths']['store']}; planned in {time.time() - started:.2f}s)")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from fullchain.core import show
+
+    store = Path(args.store) if args.store else None
+    if store is None and not Path(args.target).is_dir():
+        from fullchain.core import spec as spec_mod
+
+        spec = spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(
+            spec_mod.find_conf_dir(args.conf), args.overrides)))
+        store = Path(spec["paths"]["store"])
+    print(show.render(show.locate(args.target, store), full=args.full))
+    return 0
+
+
+def cmd_env(args) -> int:
+    from fullchain.core import envs
+    from fullchain.core import spec as spec_mod
+
+    conf_dir = spec_mod.find_conf_dir(args.conf)
+    spec = spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(conf_dir, args.overrides)))
+    env_node = spec["env"]
+    specs = envs.env_specs(env_node)
+    root = Path(spec["paths"]["root"])
+    if args.action == "sync":
+        names = args.names or sorted(specs)
+        for name in names:
+            if name not in specs:
+                raise ConfigError(f"env sync {name}: no such environment; defined: {sorted(specs)}")
+            log.info("syncing environment '%s' -> %s", name, specs[name].interpreter)
+            envs.sync(specs[name], root, tool=args.installer, echo=lambda m: log.info("%s", m))
+        return 0
+    stage_env = {}
+    for stage in spec.get("graph", {}):
+        stage_env.setdefault(envs.env_for_stage(env_node, stage).name, []).append(stage)
+    for name, env in sorted(specs.items()):
+        python = env.interpreter
+        print(f"{name}: {python}")
+        print(f"  stages: {', '.join(stage_env.get(name, [])) or '-'}")
+        if not python.exists():
+            print("  status: NOT BUILT (fullchain env sync " + name + ")")
+            continue
+        info = envs.describe(python)
+        print(f"  python: {info['python_version']}")
+        for package in envs.KEY_PACKAGES:
+            if package in info["packages"]:
+                print(f"  {package}: {info['packages'][package]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fullchain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, spec=True):
+        p.add_argument("--conf", help="config dir (default: conf/ of the project around the cwd)")
+        if spec:
+            p.add_argument("--spec", help="a resolved spec file written by an earlier run")
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=tiny")
+
+    p = sub.add_parser("run", help="run the graph")
+    common(p)
+    p.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun sweep")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("plan", help="print the graph without running it")
+    common(p)
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("show", help="an artifact's manifest and lineage")
+    p.add_argument("target", help="artifact directory or step id (prefix)")
+    p.add_argument("--store", help="artifact store (default: paths.store of the composed spec)")
+    p.add_argument("--full", action="store_true", help="print the whole manifest as JSON too")
+    common(p, spec=False)
+    p.set_defaults(func=cmd_show)
+    p = sub.add_parser("env", help="per-stage environments")
+    p.add_argument("action", choices=["sync", "list"])
+    p.add_argument("names", nargs="*", default=[], help="environments to sync (default: all)")
+    p.add_argument("--installer", choices=["uv", "pip"], default=None)
+    p.add_argument("--conf")
+    p.add_argument("--override", dest="overrides", action="append", default=[],
+                   help="Hydra override for the env config, e.g. --override env=current")
+    p.set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fullchain.core.runner import StepFailed
+
+    # argparse's nargs='*' would take `-m` as an override: pull the flag out first
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        if args.command in ("run", "plan", "show") and all("=" in u for u in unknown):
+            args.overrides = list(args.overrides) + unknown
+        else:
+            build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
+    _setup_logging(args.verbose)
+    try:
+        code = args.func(args)
+    except (ConfigError, ArtifactError) as exc:
+        print(f"fullchain: error: {exc}", file=sys.stderr)
+        code = 2
+    except StepFailed as exc:
+        print(f"fullchain: step failed: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("fullchain: interrupted; running steps were stopped and left incomplete",
+              file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The runner: walk the graph, reuse complete steps, run the rest, write manifests last."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from fullchain.core import graph as graph_mod
+from fullchain.core.artifact import MANIFEST, write_json_atomic
+from fullchain.core.config import ConfigError, to_dataclass
+from fullchain.core.envs import check_interpreter, env_for_stage
+from fullchain.core.hashing import ContentHasher, digest
+from fullchain.core.launchers import (
+    LauncherConfig, is_distributed, step_command, submit_slurm,
+)
+from fullchain.core.spec import dump_spec, materialize
+from fullchain.core.worker import CONTROL_DIR, REQUEST, RESULT
+
+log = logging.getLogger("fullchain")
+
+
+class StepFailed(RuntimeError):
+    """A stage process failed; its artifact stays incomplete (no manifest)."""
+
+
+@dataclass
+class RunReport:
+    run_dir: Path
+    steps: list[dict] = field(default_factory=list)
+
+    @property
+    def ran(self) -> list[str]:
+        return [s["stage"] for s in self.steps if s["status"] == "ran"]
+
+    @property
+    def reused(self) -> list[str]:
+        return [s["stage"] for s in self.steps if s["status"] == "reused"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                                    capture_output=True, text=True, timeout=30).stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def plan(spec_doc: dict) -> tuple[dict, list[graph_mod.Step]]:
+    """Materialize the spec on this machine and build the graph. Runs nothing."""
+    spec = materialize(spec_doc)
+    paths = spec.get("paths") or {}
+    for key in ("store", "runs"):
+        if key not in paths:
+            raise ConfigError(f"paths.{key}: missing (conf/paths/*.yaml)")
+    cache = paths.get("cache")
+    hasher = ContentHasher(Path(cache) / "content-hashes.json" if cache else None)
+    steps = graph_mod.build(spec, Path(paths["store"]), hasher)
+    return spec, steps
+
+
+def check_runnable(spec: dict, steps: list[graph_mod.Step]) -> None:
+    """Everything that can fail before a step starts fails here, together."""
+    for step in steps:
+        if step.status == "cached":
+            continue
+        if not step.selected:
+            raise ConfigError(
+                f"stage '{step.name}' is an input of the selected stages but its artifact is not "
+                f"in the store (step {step.step_id}, {step.path}: {step.reason}). Add it to the "
+                f"run, e.g. stages=[{','.join(s.name for s in steps if s.selected or s is step)}]."
+            )
+        check_interpreter(env_for_stage(spec["env"], step.name), step.name)
+
+
+def execute(spec_doc: dict, progress: bool | None = None) -> RunReport:
+    spec, steps = plan(spec_doc)
+    launcher = to_dataclass(LauncherConfig, spec.get("launcher") or {}, "launcher")
+    check_runnable(spec, steps)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    run_dir = Path(spec["paths"]["runs"]) / f"{stamp}-{digest(spec_doc, 8)}"
+    dump_spec(spec_doc, run_dir / "spec.yaml")
+    log.info("spec: %s", run_dir / "spec.yaml")
+    report = RunReport(run_dir=run_dir)
+    git = git_state(Path(spec["paths"].get("root", ".")))
+    progress = sys.stderr.isatty() if progress is None else progress
+    try:
+        for step in steps:
+            if step.status == "cached":
+                _record(report, step, "reused", 0.0)
+                continue
+            started = time.time()
+            status = _run_step(spec, step, launcher, git, progress, run_dir)
+            _record(report, step, status, time.time() - started)
+    finally:
+        write_json_atomic(run_dir / "run.json", {"spec": "spec.yaml", "steps": report.steps})
+    summary = f"{len(report.ran)} step(s) ran, {len(report.reused)} reused"
+    if not report.ran:
+        summary += " — every step was reused from the store"
+    log.info("%s (run record: %s)", summary, run_dir / "run.json")
+    return report
+
+
+def _record(report: RunReport, step: graph_mod.Step, status: str, seconds: float) -> None:
+    report.steps.append({"stage": step.name, "step_id": step.step_id, "status": status,
+                         "seconds": round(seconds, 3), "path": str(step.path)})
+    detail = f"{seconds:7.1f}s" if status == "ran" else "  cached"
+    log.info("%-9s %s  %-7s %s  %s", step.name, step.step_id, status, detail, step.path)
+
+
+def _run_step(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dict,
+              progress: bool, run_dir: Path) -> str:
+    step.path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(step.path) + ".lock")
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        log.info("%-9s %s  waiting: another run holds %s", step.name, step.step_id, lock.lock_file)
+        lock.acquire()
+    try:
+        manifest_file = step.path / MANIFEST
+        forced = step.name in set(spec.get("force") or [])
+        if manifest_file.is_file():
+            if not forced:
+                return "reused"  # another run finished it while we waited for the lock
+            os.unlink(manifest_file)  # forced: incomplete from now on, never half-old
+        return _launch(spec, step, launcher, git, progress, run_dir)
+    finally:
+        lock.release()
+
+
+def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dict,
+            progress: bool, run_dir: Path) -> str:
+    out = step.path
+    control = out / CONTROL_DIR
+    control.mkdir(parents=True, exist_ok=True)
+    (control / RESULT).unlink(missing_ok=True)
+    env_spec = env_for_stage(spec["env"], step.name)
+    python = check_interpreter(env_spec, step.name)
+    request = {
+        "stage": step.name, "module": step.stage.module, "config_class": step.stage.config_class,
+        "step_id": step.step_id, "config": step.config_dict, "out": str(out),
+        "inputs": {name: str(s.path) for name, s in step.inputs.items()},
+    }
+    write_json_atomic(control / REQUEST, request)
+    command = step_command(launcher, step.name, step.stage.module, python, control / REQUEST)
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in (spec["env"].get("vars") or {}).items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    started_at, started = _now(), time.time()
+    log.info("%-9s %s  running (%s, env %s): %s", step.name, step.step_id,
+             "torchrun" if is_distributed(launcher, step.name) else launcher.name, env_spec.name,
+             out)
+    if launcher.name == "slurm":
+        returncode = _run_slurm(step, launcher, python, control, env)
+    else:
+        returncode = _run_local(step, command, env, logs, progress, launcher.poll_seconds)
+    if returncode != 0:
+        raise StepFailed(_failure_message(step, returncode, logs))
+    result_file = control / RESULT
+    if not result_file.is_file():
+        raise StepFailed(f"stage '{step.name}' (step {step.step_id}) exited 0 but wrote no "
+                         f"{result_file}; its artifact is left incomplete. Logs: {logs}")
+    import json
+
+    result = json.loads(result_file.read_text())
+    ended = time.time()
+    manifest = {
+        "stage": step.name,
+        "step_id": step.step_id,
+        "config": step.config_dict,
+        "hash_payload": step.payload,
+        "code_version": step.code_version,
+        "inputs": {name: {"step_id": s.step_id, "path": str(s.path), "stage": s.name}
+                   for name, s in step.inputs.items()},
+        "environment": {"name": env_spec.name, **result.get("environment", {})},
+        "launcher": {"name": launcher.name, "distributed": is_distributed(launcher, step.name),
+                     "command": command},
+        "git": git,
+        "host": socket.gethostname(),
+        "started_at": started_at,
+        "ended_at": _now(),
+        "duration_s": round(ended - started, 3),
+        "metrics": result.get("metrics", {}),
+        "run": str(run_dir),
+    }
+    write_json_atomic(out / MANIFEST, manifest)  # LAST: from here on the step is complete
+    return "ran"
+
+
+def _run_local(step, command, env, logs: Path, progress: bool, poll: float) -> int:
+    header = f"\n===== {_now()} {' '.join(command)}\n"
+    with open(logs / "stdout.log", "a") as stdout, open(logs / "stderr.log", "a") as stderr:
+        stdout.write(header)
+        stderr.write(header)
+        stdout.flush()
+        stderr.flush()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        display = _Progress(step, logs / "stderr.log", progress)
+        try:
+            while process.poll() is None:
+                display.update()
+                time.sleep(poll)
+        except BaseException:
+            _kill_group(process)
+            raise
+        finally:
+            display.close()
+        return process.returncode
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _run_slurm(step, launcher, python, control: Path, env: dict) -> int:
+    job = submit_slurm(launcher, step.name, step.stage.module, python, control / REQUEST,
+                       control / "slurm", f"fullchain-{step.name}-{step.step_id}", env)
+    log.info("%-9s %s  submitted SLURM job %s", step.name, step.step_id, job.job_id)
+    try:
+        job.result()
+    except Exception as exc:  # submitit raises the job's failure with its stderr
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+class _Progress:
+    """One live status line while a step runs: elapsed time and the stage's latest output."""
+
+    def __init__(self, step, stderr_file: Path, enabled: bool):
+        self.step, self.file, self.enabled = step, stderr_file, enabled
+        self.start = time.time()
+        self.last_heartbeat = self.start
+
+    def _latest_line(self) -> str:
+        try:
+            with open(self.file, "rb") as handle:
+                handle.seek(max(0, self.file.stat().st_size - 2048))
+                tail = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [ln.strip() for ln in tail.replace("\r", "\n").split("\n") if ln.strip()]
+        return lines[-1] if lines else ""
+
+    def update(self) -> None:
+        elapsed = time.time() - self.start
+        if self.enabled:
+            width = 100
+            line = f"  {self.step.name} {elapsed:6.1f}s | {self._latest_line()}"
+            sys.stderr.write("\r\033[K" + line[:width])
+            sys.stderr.flush()
+        elif time.time() - self.last_heartbeat >= 30:
+            self.last_heartbeat = time.time()
+            log.info("%-9s %s  still running (%.0fs): %s", self.step.name, self.step.step_id,
+                     elapsed, self._latest_line()[:120])
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _failure_message(step, returncode: int, logs: Path) -> str:
+    try:
+        tail = (logs / "stderr.log").read_text(errors="replace").strip().splitlines()[-25:]
+    except OSError:
+        tail = []
+    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
+    return (f"stage '{step.name}' (step {step.step_id}) {how}; its artifact {step.path} is left "
+            f"incomplete (no manifest) and will be redone next run. Full logs: {logs}/\n"
+            + "\n".join("    " + line for line in tail))

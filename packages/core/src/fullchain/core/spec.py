@@ -1,0 +1,140 @@
+"""The spec: one Hydra tree composed into one resolved document.
+
+A run writes its spec as ONE YAML file with composition done (defaults, experiment and
+overrides applied) and every interpolation resolved except those into `paths.*`, which stay
+`${paths.x}` so the same file reproduces the run on another machine or checkout: `paths` holds
+the only machine-specific values, and step ids never depend on them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fullchain.core.config import ConfigError
+
+CONFIG_NAME = "config"
+_SENTINEL = "\x00fc-paths\x00"
+
+
+def find_project_root(start: Path | None = None) -> Path | None:
+    """The nearest directory at or above `start` (default: cwd) holding conf/config.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in [here, *here.parents]:
+        if (candidate / "conf" / f"{CONFIG_NAME}.yaml").is_file():
+            return candidate
+    return None
+
+
+def find_conf_dir(explicit: str | Path | None = None) -> Path:
+    """--conf, else $FULLCHAIN_CONF, else conf/ of the project around the cwd, else the checkout
+    this package was installed from (editable installs)."""
+    for candidate in (explicit, os.environ.get("FULLCHAIN_CONF")):
+        if candidate:
+            path = Path(candidate).resolve()
+            if not (path / f"{CONFIG_NAME}.yaml").is_file():
+                raise ConfigError(f"config dir {path} has no {CONFIG_NAME}.yaml")
+            return path
+    root = find_project_root() or find_project_root(Path(__file__).parent)
+    if root is None:
+        raise ConfigError(
+            "no conf/config.yaml found above the current directory; run fullchain inside a "
+            "fullchain project, or pass --conf DIR (or set FULLCHAIN_CONF)."
+        )
+    return root / "conf"
+
+
+def _project_root_resolver() -> str:
+    env = os.environ.get("FULLCHAIN_ROOT")
+    if env:
+        return str(Path(env).resolve())
+    root = find_project_root() or find_project_root(Path(__file__).parent)
+    return str(root if root else Path.cwd())
+
+
+def register_resolvers() -> None:
+    """`${fc.root:}`: the project root (FULLCHAIN_ROOT, or the directory holding conf/)."""
+    if not OmegaConf.has_resolver("fc.root"):
+        OmegaConf.register_new_resolver("fc.root", _project_root_resolver)
+
+
+def compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
+    """Compose the tree with Hydra's compose API (no output dir, no chdir, no logging setup)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose {conf_dir}/{CONFIG_NAME}.yaml with {overrides}: {exc}") from exc
+
+
+def to_spec(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as a plain, resolved document (paths.* interpolations kept)."""
+    register_resolvers()
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    cfg.pop("hydra", None)
+    paths_raw = OmegaConf.to_container(cfg.get("paths", {}), resolve=False)
+    stand_in = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for key in paths_raw:
+        stand_in.paths[key] = f"{_SENTINEL}{key}{_SENTINEL}"
+    try:
+        resolved = OmegaConf.to_container(stand_in, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        raise ConfigError(f"{key}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+    resolved = _restore_paths(resolved)
+    resolved["paths"] = paths_raw
+    return resolved
+
+
+def _restore_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _restore_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_paths(v) for v in value]
+    if isinstance(value, str) and _SENTINEL in value:
+        parts = value.split(_SENTINEL)
+        # parts alternate text, key, text, key, ...
+        return "".join(f"${{paths.{p}}}" if i % 2 else p for i, p in enumerate(parts))
+    return value
+
+
+def materialize(spec: dict[str, Any]) -> dict[str, Any]:
+    """Resolve the remaining `${paths.*}` (on this machine) into a plain dict."""
+    register_resolvers()
+    try:
+        return OmegaConf.to_container(OmegaConf.create(spec), resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{getattr(exc, 'full_key', '')}: {exc}") from exc
+
+
+def dump_spec(spec: dict[str, Any], file: Path) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# fullchain resolved spec: composition done, nothing left to compose.\n"
+        "# Re-run exactly this with:  fullchain run --spec " + file.name + "\n"
+    )
+    file.write_text(header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+
+
+def load_spec(file: Path) -> dict[str, Any]:
+    file = Path(file)
+    if not file.is_file():
+        raise ConfigError(f"spec file {file} does not exist")
+    try:
+        spec = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(spec, dict) or "stages" not in spec or "graph" not in spec:
+        raise ConfigError(f"{file}: not a fullchain spec (needs top-level 'stages' and 'graph')")
+    return spec

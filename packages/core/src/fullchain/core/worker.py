@@ -1,0 +1,65 @@
+"""The stage side of the runner: `python -m fullchain.<stage> <request.json>`.
+
+Runs inside the stage's own environment (and on every rank under torchrun): reads the request
+the runner wrote, converts the config to the stage's dataclass, loads the input artifacts, calls
+`run(cfg, inputs, out)`, and (rank 0 only) writes `result.json` with the metrics and this
+environment's package versions. The runner writes `manifest.json` after that, last.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from fullchain.core.artifact import Artifact, write_json_atomic
+from fullchain.core.config import to_dataclass
+
+REQUEST = "request.json"
+RESULT = "result.json"
+CONTROL_DIR = ".fullchain"
+
+
+def _environment() -> dict:
+    import importlib.metadata as md
+
+    packages = {}
+    for dist in md.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            packages[name.lower()] = dist.version
+    return {"python": sys.executable, "python_version": platform.python_version(),
+            "packages": dict(sorted(packages.items()))}
+
+
+def main(stage: str | None = None, argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit(f"usage: python -m fullchain.{stage or '<stage>'} <{CONTROL_DIR}/{REQUEST}>\n"
+                 "(started by `fullchain run`; not meant to be called by hand)")
+    request = json.loads(Path(argv[0]).read_text())
+    rank = int(os.environ.get("RANK", "0"))
+    module = importlib.import_module(request["module"])
+    config_module, _, class_name = request["config_class"].partition(":")
+    cls = getattr(importlib.import_module(config_module), class_name)
+    try:
+        cfg = to_dataclass(cls, request["config"], request["stage"])
+        inputs = {name: Artifact.load(path) for name, path in request["inputs"].items()}
+        out = Path(request["out"])
+        started = time.time()
+        metrics = module.run(cfg, inputs, out)
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        sys.exit(1)
+    if metrics is not None and not isinstance(metrics, dict):
+        sys.exit(f"{request['module']}.run returned {type(metrics).__name__}, expected a dict of metrics")
+    if rank == 0:
+        result = {"metrics": metrics or {}, "environment": _environment(),
+                  "run_seconds": round(time.time() - started, 3)}
+        json.dumps(result)  # fail here, loudly, on non-JSON metrics
+        write_json_atomic(out / CONTROL_DIR / RESULT, result)
