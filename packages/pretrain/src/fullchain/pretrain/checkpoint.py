@@ -1,0 +1,158 @@
+"""Save and resume: megatron dist_checkpointing under `<out>/checkpoints/`.
+
+Layout: `checkpoints/iter_{N:07d}/` holds one dist checkpoint with the keys
+{"model", "optimizer", "scheduler", "iteration", "data_position", "rng", "parallel"}; the model
+part loads alone from {"model": model.sharded_state_dict()} at any TP/PP (megatron reshards).
+`checkpoints/latest.json` ({"iteration": N, "path": "iter_..."}) is written atomically only
+after every rank finished writing, so a SIGKILL during a save leaves the previous checkpoint as
+the latest complete one and the half-written directory is overwritten next time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from fullchain.core.artifact import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest.json"
+# The distributed optimizer's state is stored in model space, so it reshards across TP, PP and DP
+# (the TP=2 -> TP=1 resume); dp_reshardable only allows a DP change, and
+# fully_sharded_model_space fails in 0.16.1 ("ShardedTensor.flattened_range is not supported").
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def iteration_dir(root: Path, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def latest_checkpoint(root: Path) -> Optional[tuple[int, Path]]:
+    """(iteration, directory) of the last complete checkpoint under `root`, or None."""
+    file = Path(root) / LATEST
+    if not file.is_file():
+        return None
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+        iteration, path = int(doc["iteration"]), Path(root) / doc["path"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{file}: unreadable ({exc}); delete it to restart from scratch") from exc
+    if not (path / "metadata.json").is_file():
+        raise ValueError(f"{file}: points to {path}, which is not a complete dist checkpoint")
+    return iteration, path
+
+
+def _layout() -> dict[str, int]:
+    from megatron.core import parallel_state as ps
+
+    return {"tensor_parallel_size": ps.get_tensor_model_parallel_world_size(),
+            "pipeline_parallel_size": ps.get_pipeline_model_parallel_world_size(),
+            "data_parallel_size": ps.get_data_parallel_world_size()}
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy
+    import torch
+    from megatron.core import tensor_parallel
+
+    state = {"random": random.getstate(), "numpy": numpy.random.get_state(),
+             "torch": torch.get_rng_state(),
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy
+    import torch
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["random"])
+    numpy.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded(state: Any):
+    """One RNG state per (pp, tp) rank; data-parallel replicas hold the same streams."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    return ShardedObject(
+        "rng_state", state,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
+
+
+def save(root: Path, iteration: int, model_chunk: Any, optimizer: Any, scheduler: Any,
+         consumed_samples: int) -> Path:
+    """Collective: every rank calls it. Writes iter_N/ then, on rank 0, latest.json."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    path = iteration_dir(root, iteration)
+    if dist.get_rank() == 0:
+        if path.exists():  # a save killed half-way: never trusted, rewrite it from scratch
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+    dist.barrier()
+    model_sd = model_chunk.sharded_state_dict()
+    state = {
+        "model": model_sd,
+        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=False,
+                                                  metadata=OPTIMIZER_METADATA),
+        "scheduler": scheduler.state_dict(),
+        "iteration": iteration,
+        "data_position": {"consumed_samples": consumed_samples},
+        "rng": _rng_sharded(_rng_state()),
+        "parallel": _layout(),
+    }
+    dist_checkpointing.save(state, str(path), content_metadata=OPTIMIZER_METADATA)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        write_json_atomic(Path(root) / LATEST, {"iteration": iteration, "path": path.name})
+    dist.barrier()
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def load(path: Path, model_chunk: Any, optimizer: Any = None, scheduler: Any = None) -> dict[str, Any]:
+    """Collective: load a checkpoint saved at any TP/PP/DP into this rank's model (and optimizer,
+    scheduler, RNG when given). Returns {"iteration", "consumed_samples"}."""
+    import torch
+    from megatron.core import dist_checkpointing
+
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    model_sd = model_chunk.sharded_state_dict()
+    state: dict[str, Any] = {"model": model_sd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True,
+                                                          metadata=OPTIMIZER_METADATA)
+    same_layout = {k: v for k, v in common.get("parallel", {}).items() if k != "data_parallel_size"} == {
+        k: v for k, v in _layout().items() if k != "data_parallel_size"}
+    if optimizer is not None and same_layout:
+        state["rng"] = _rng_sharded(None)
+    # fp32 and no autograd: the distributed optimizer copies loaded state into its fp32 buffers.
+    with torch.no_grad():
+        loaded = dist_checkpointing.load(state, str(path))
+    model_chunk.load_state_dict(loaded["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None and "scheduler" in common:
+        scheduler.load_state_dict(common["scheduler"])
+    if "rng" in state:
+        _set_rng_state(loaded["rng"])
+    elif optimizer is not None:
+        logger.info("checkpoint %s was saved at %s: resharded, RNG streams re-seeded", path,
+                    common.get("parallel"))
+    return {"iteration": int(common.get("iteration", 0)),
+            "consumed_samples": int(common.get("data_position", {}).get("consumed_samples", 0))}

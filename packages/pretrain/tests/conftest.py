@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny data artifact built from the real tinyshakespeare text.
+
+It has the layout the data stage writes (`dataset.json`, a HF tokenizer dir, Megatron .bin/.idx
+under packed/), so the pretrain stage is tested against the documented contract, not a mock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SHARED_DATA = Path(os.environ.get("FULLCHAIN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def build_data_artifact(root: Path, text_bytes: int = 300_000, vocab_size: int = 384) -> Path:
+    """Write a data artifact at `root` from the first `text_bytes` of tinyshakespeare."""
+    import numpy
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    source = SHARED_DATA / "tinyshakespeare" / "input.txt"
+    text = source.read_text(encoding="utf-8")[:text_bytes]
+    # A document per speech (blank-line separated), as a data stage would emit them.
+    documents = [d.strip() for d in text.split("\n\n") if d.strip()]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(documents, trainer)
+    tokenizer_dir = root / "tokenizer"
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
+                            pad_token="<|pad|>").save_pretrained(tokenizer_dir)
+    eod = tokenizer.token_to_id("<|endoftext|>")
+    pad = tokenizer.token_to_id("<|pad|>")
+
+    n_valid = max(1, len(documents) // 20)
+    parts = {"train": documents[n_valid:], "valid": documents[:n_valid]}
+    splits = {}
+    for name, docs in parts.items():
+        prefix = root / "packed" / "shakespeare" / name
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=numpy.uint16)
+        tokens = 0
+        for encoding in tokenizer.encode_batch(docs):
+            ids = encoding.ids + [eod]
+            tokens += len(ids)
+            builder.add_document(torch.tensor(ids), [len(ids)])
+        builder.finalize(str(prefix) + ".idx")
+        splits[name] = {"prefixes": [f"packed/shakespeare/{name}"], "weights": [1.0],
+                        "num_tokens": [tokens], "num_documents": [len(docs)]}
+    (root / "dataset.json").write_text(json.dumps({
+        "format": "megatron-indexed", "tokenizer": "tokenizer", "vocab_size": tokenizer.get_vocab_size(),
+        "eod_id": eod, "pad_id": pad, "bos_id": None, "dtype": "uint16", "splits": splits}, indent=2))
+    (root / "manifest.json").write_text(json.dumps({"stage": "data", "step_id": "fixture-data"}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_artifact(tmp_path_factory) -> Path:
+    if not (SHARED_DATA / "tinyshakespeare" / "input.txt").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set FULLCHAIN_SHARED_DATA)")
+    return build_data_artifact(tmp_path_factory.mktemp("data"))
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `tests/_parallel_worker.py ARGS` under torchrun with gloo, one thread per rank."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_TOP_PAD_="1073741824")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0",
+           str(TESTS_DIR / "_parallel_worker.py"), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
