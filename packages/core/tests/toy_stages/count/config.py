@@ -1,0 +1,11 @@
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CountConfig:
+    corpus: str = field(metadata={"hash": "content"})
+    """Text file whose words are counted; hashed by content."""
+    lowercase: bool = True
+    """Fold case before counting."""
+    workers: int = field(default=1, metadata={"hash": False})
+    """Does not affect output."""
