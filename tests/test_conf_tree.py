@@ -1,0 +1,63 @@
+"""Every shipped config composes and converts to the stage dataclasses (litgpt's config-hub
+test, for a Hydra tree): each experiment, and each option of each stage's group."""
+from pathlib import Path
+
+import pytest
+
+from fullchain.core import spec as spec_mod
+from fullchain.core.config import to_dataclass
+from fullchain.core.graph import stage_specs
+from fullchain.core.launchers import LauncherConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def compose(*overrides: str) -> dict:
+    return spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(CONF, list(overrides))))
+
+
+def convert_all(spec: dict) -> dict:
+    out = {}
+    for name, stage in stage_specs(spec).items():
+        out[name] = to_dataclass(stage.load_config_class(), spec[name], name)
+    out["launcher"] = to_dataclass(LauncherConfig, spec["launcher"], "launcher")
+    return out
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_converts(experiment, monkeypatch, tmp_path):
+    monkeypatch.setenv("FULLCHAIN_SHARED_DATA", str(tmp_path))  # nothing is read while converting
+    spec = compose(f"experiment={experiment}")
+    configs = convert_all(spec)
+    assert set(spec["stages"]) <= set(configs)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+GROUP_OPTIONS = [(g, o) for g in ("data", "tokenizer", "model", "parallel", "pretrain", "tune",
+                                  "eval", "deploy", "agent", "launcher", "env")
+                 for o in _options(g)]
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_converts(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "tokenizer" and option == "pretrained":
+        overrides.append("tokenizer.path=/some/tokenizer")
+    convert_all(compose(*overrides))
+
+
+def test_default_graph_covers_all_six_stages():
+    spec = compose()
+    assert list(spec["graph"]) == ["data", "pretrain", "tune", "eval", "deploy", "agent"]
+    assert spec["graph"]["pretrain"]["inputs"] == ["data"]
+
+
+def test_tiny_experiment_is_the_cpu_demo():
+    spec = compose("experiment=tiny")
+    assert spec["stages"] == ["data", "pretrain"]
+    assert spec["launcher"]["name"] == "local"
