@@ -156,3 +156,10 @@ def test_plan_runs_nothing(project):
     out = fullchain("plan", "--conf", str(CONF)).stdout
     assert "count " in out and "to-run" in out and "never run" in out
     assert not (project / "artifacts").exists()
+
+
+def test_planned_stage_without_run_is_refused(project):
+    result = fullchain("run", "--conf", str(CONF), "stages=[count,square,later]", check=False)
+    assert result.returncode == 2
+    assert "'later' is a planned stage: toy_stages.later has its config schema but no run()" in result.stderr
+    assert not (project / "artifacts").exists()  # refused before anything ran

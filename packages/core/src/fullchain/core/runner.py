@@ -78,6 +78,9 @@ def plan(spec_doc: dict) -> tuple[dict, list[graph_mod.Step]]:
 def check_runnable(spec: dict, steps: list[graph_mod.Step]) -> None:
     """Everything that can fail before a step starts fails here, together."""
     for step in steps:
+        if step.status != "cached" and step.selected:
+            _check_implemented(step)
+    for step in steps:
         if step.status == "cached":
             continue
         if not step.selected:
@@ -87,6 +90,22 @@ def check_runnable(spec: dict, steps: list[graph_mod.Step]) -> None:
                 f"run, e.g. stages=[{','.join(s.name for s in steps if s.selected or s is step)}]."
             )
         check_interpreter(env_for_stage(spec["env"], step.name), step.name)
+
+
+def _check_implemented(step: graph_mod.Step) -> None:
+    """A planned stage (config schema only, no `run` yet) is refused before anything starts.
+    Stage packages import nothing heavy at import time, so this import is cheap."""
+    import importlib
+
+    try:
+        module = importlib.import_module(step.stage.module)
+    except ImportError:
+        return  # not importable here: it may live only in its own environment; the worker checks
+    if not callable(getattr(module, "run", None)):
+        raise ConfigError(
+            f"stages: '{step.name}' is a planned stage: {step.stage.module} has its config schema "
+            f"but no run() yet, so it cannot be run. Remove it from `stages`."
+        )
 
 
 def execute(spec_doc: dict, progress: bool | None = None) -> RunReport:
