@@ -71,16 +71,26 @@ def _multirun(args) -> int:
     def job(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = HydraConfig.get().overrides.task
-        log.info("job %s: %s", HydraConfig.get().job.num, " ".join(overrides))
-        runner.execute(spec_mod.to_spec(cfg))
+        overrides = " ".join(HydraConfig.get().overrides.task)
+        log.info("job %s: %s", HydraConfig.get().job.num, overrides)
+        try:
+            runner.execute(spec_mod.to_spec(cfg))
+        except (ConfigError, ArtifactError, runner.StepFailed) as exc:
+            # one clean paragraph per failed job; the sweep goes on, the exit code tells
+            code = 1 if isinstance(exc, runner.StepFailed) else 2
+            failures.append((overrides, code))
+            print(f"fullchain: job [{overrides}] failed: {exc}", file=sys.stderr)
 
+    failures: list[tuple[str, int]] = []
     saved = sys.argv
     sys.argv = ["fullchain", *args.overrides, "--multirun"]
     try:
         job()
     finally:
         sys.argv = saved
+    if failures:
+        log.error("%d job(s) of the sweep failed: %s", len(failures), "; ".join(o for o, _ in failures))
+        return max(code for _, code in failures)
     return 0
 
 
