@@ -3,7 +3,6 @@ test, for a Hydra tree): each experiment, and each option of each stage's group.
 from pathlib import Path
 
 import pytest
-
 from fullchain.core import spec as spec_mod
 from fullchain.core.config import to_dataclass
 from fullchain.core.graph import stage_specs

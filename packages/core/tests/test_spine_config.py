@@ -2,7 +2,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
-
 from fullchain.core.config import ConfigError, to_dataclass, to_plain
 
 

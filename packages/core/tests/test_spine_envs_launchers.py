@@ -2,11 +2,9 @@
 real on this machine; SLURM: the job submitit would submit, checked without a cluster)."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CONF, fullchain
 from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import env_for_stage, sync_commands
@@ -107,9 +105,8 @@ def test_slurm_without_sbatch_is_a_clear_error(project):
 
 def test_hydra_submitit_launcher_composes_for_sweeps():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
-
     from fullchain.core.spec import register_resolvers
+    from hydra import compose, initialize_config_dir
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

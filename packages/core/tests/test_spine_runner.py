@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CONF, fullchain, spec_for
 from fullchain.core import runner
 from fullchain.core.artifact import ArtifactError

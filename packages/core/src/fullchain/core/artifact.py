@@ -66,7 +66,7 @@ class Artifact:
     manifest: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Artifact":
+    def load(cls, path: str | Path) -> Artifact:
         path = Path(path)
         if not path.is_dir():
             raise ArtifactError(f"artifact directory {path} does not exist.")

@@ -57,10 +57,9 @@ def _multirun(args) -> int:
     """Hand the sweep to Hydra's own multirun machinery (so hydra/launcher=submitit_slurm etc.
     work); each job composes its spec and runs the graph, reusing whatever earlier jobs made."""
     import hydra
-    from omegaconf import DictConfig
-
     from fullchain.core import runner
     from fullchain.core import spec as spec_mod
+    from omegaconf import DictConfig
 
     if args.spec:
         raise ConfigError("--spec and -m: a resolved spec is one run; sweep over the config tree")

@@ -20,7 +20,12 @@ from typing import Any
 from fullchain.core.artifact import MANIFEST, ArtifactError, read_manifest
 from fullchain.core.config import ConfigError, to_dataclass, to_plain
 from fullchain.core.hashing import (
-    ContentHasher, code_version, diff_payloads, digest, hash_payload, hash_view,
+    ContentHasher,
+    code_version,
+    diff_payloads,
+    digest,
+    hash_payload,
+    hash_view,
 )
 
 
@@ -51,7 +56,7 @@ class StageSpec:
 class Step:
     stage: StageSpec
     config: Any  # the stage's config dataclass instance
-    inputs: dict[str, "Step"]
+    inputs: dict[str, Step]
     code_version: str
     payload: dict
     step_id: str

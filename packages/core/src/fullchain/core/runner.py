@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-
 from fullchain.core import graph as graph_mod
 from fullchain.core.artifact import MANIFEST, write_json_atomic
 from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import check_interpreter, env_for_stage
 from fullchain.core.hashing import ContentHasher, digest
 from fullchain.core.launchers import (
-    LauncherConfig, is_distributed, step_command, submit_slurm,
+    LauncherConfig,
+    is_distributed,
+    step_command,
+    submit_slurm,
 )
 from fullchain.core.spec import dump_spec, materialize
 from fullchain.core.worker import CONTROL_DIR, REQUEST, RESULT

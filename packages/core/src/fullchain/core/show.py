@@ -57,7 +57,7 @@ def _lineage(directory: Path, depth: int, seen: set) -> list[str]:
                               manifest.get("config", {}))
     for field, value, sha in sources:
         lines.append(f"{indent}    <- {field} = {value}  (sha256 {sha[:16]})")
-    for name, info in sorted(manifest.get("inputs", {}).items()):
+    for _name, info in sorted(manifest.get("inputs", {}).items()):
         lines += _lineage(Path(info["path"]), depth + 1, seen)
     return lines
 

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fullchain.core.config import ConfigError
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-from fullchain.core.config import ConfigError
 
 CONFIG_NAME = "config"
 _SENTINEL = "\x00fc-paths\x00"
