@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -287,13 +288,14 @@ class _Progress:
                 tail = handle.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        lines = [ln.strip() for ln in tail.replace("\r", "\n").split("\n") if ln.strip()]
-        return lines[-1] if lines else ""
+        lines = [ln.strip() for ln in tail.replace("\r", "\n").split("\n")
+                 if ln.strip() and not ln.startswith("===== ")]  # skip the runner's own header
+        return lines[-1] if lines else "starting"
 
     def update(self) -> None:
         elapsed = time.time() - self.start
         if self.enabled:
-            width = 100
+            width = shutil.get_terminal_size((100, 20)).columns - 1
             line = f"  {self.step.name} {elapsed:6.1f}s | {self._latest_line()}"
             sys.stderr.write("\r\033[K" + line[:width])
             sys.stderr.flush()
