@@ -119,7 +119,10 @@ class DedupFilter(PipelineStep):
     def removal_sets(self, rank: int) -> tuple[set[int], set[int]]:
         exact: set[int] = set()
         if self.exact_folder:
-            for file in sorted(Path(self.exact_folder).glob(f"*/{rank:05d}.duplicates")):
+            from datatrove.utils.typeshelper import ExtensionHelperSD
+
+            suffix = ExtensionHelperSD.stage_2_duplicates
+            for file in sorted(Path(self.exact_folder).glob(f"*/{rank:05d}{suffix}")):
                 exact.update(int(i) for i in _read_uint32(file))
         near: set[int] = set()
         if self.minhash_folder:
