@@ -1,0 +1,304 @@
+"""Our `ModelConfig` -> megatron-core's `TransformerConfig` and `GPTModel` (Llama/InternLM2 family).
+
+`to_transformer_config` is the one translation from YAML-friendly fields to megatron's objects;
+everything megatron-specific about the architecture is decided there: RMSNorm, SwiGLU
+(`gated_linear_unit` + silu), no biases, grouped-query attention, RoPE, no dropout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import math
+from typing import Any
+
+from fullchain.pretrain.model_config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+RECOMPUTE = ("none", "selective", "full")
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> bf16 with CUDA, fp32 on CPU (CPU bf16 matmuls are slower than fp32 here)."""
+    import torch
+
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} must be one of auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+def transformer_engine_available() -> bool:
+    """TransformerEngine is used only when it is installed AND a CUDA device is present."""
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception as error:  # a broken TE install must not stop training on the local spec
+        logger.warning("transformer_engine present but unusable (%s); using the local spec", error)
+        return False
+    return True
+
+
+def padded_vocab_size(vocab_size: int, model: ModelConfig, tensor_parallel_size: int) -> int:
+    """Round the vocabulary up to a multiple of lcm(make_vocab_size_divisible_by, TP).
+
+    Megatron-LM pads to a multiple of divisible_by * TP, which gives a different embedding shape
+    at every TP size: a checkpoint trained at TP=2 would then not load at TP=1 and the two runs
+    would not start from the same weights. The lcm keeps the shape TP-independent whenever TP
+    divides make_vocab_size_divisible_by (128 covers TP 1-128 in powers of two).
+    `model.vocab_size`, when set, is the embedding size asked for and must hold the tokenizer's
+    `vocab_size` ids; raises ValueError naming `vocab_size` otherwise.
+    """
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size: {vocab_size} must be positive")
+    wanted = vocab_size
+    if model.vocab_size is not None:
+        if model.vocab_size < vocab_size:
+            raise ValueError(
+                f"vocab_size: model.vocab_size={model.vocab_size} is smaller than the tokenizer's "
+                f"{vocab_size} tokens")
+        wanted = model.vocab_size
+    multiple = math.lcm(model.make_vocab_size_divisible_by, tensor_parallel_size)
+    return -(-wanted // multiple) * multiple
+
+
+def to_transformer_config(model: ModelConfig, parallel: Any, precision: str = "fp32",
+                          recompute: str = "none"):
+    """Translate a ModelConfig + ParallelConfig to megatron-core's TransformerConfig.
+
+    precision: "fp32" | "bf16" | "auto"; recompute: "none" | "selective" (attention core only) |
+    "full" (every layer recomputed in backward). Sequence parallel is honoured only with
+    TransformerEngine (megatron's local spec needs it or Apex for the fused norms).
+    """
+    import torch
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    precision = resolve_precision(precision)
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"recompute: {recompute!r} must be one of {', '.join(RECOMPUTE)}")
+    tp = parallel.tensor_parallel_size
+    pp = parallel.pipeline_parallel_size
+    model.validate_tensor_parallel(tp)
+    if model.num_layers % pp:
+        raise ValueError(
+            f"pipeline_parallel_size: {pp} does not divide model.num_layers={model.num_layers}")
+    sequence_parallel = bool(getattr(parallel, "sequence_parallel", False))
+    if sequence_parallel and not transformer_engine_available():
+        raise ValueError(
+            "sequence_parallel: needs TransformerEngine on a CUDA device (not available here)")
+    bf16 = precision == "bf16"
+    recompute_kwargs: dict[str, Any] = {}
+    if recompute == "selective":
+        recompute_kwargs = {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    elif recompute == "full":
+        recompute_kwargs = {"recompute_granularity": "full", "recompute_method": "uniform",
+                            "recompute_num_layers": 1}
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.query_groups,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=model.init_method_std,
+        # Megatron's default scales the output projections' init by 1/sqrt(2 * num_layers).
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        sequence_parallel=sequence_parallel,
+        # CPU init draws each full matrix from the CPU generator and then splits it: the same
+        # weights at every TP size (what makes TP=2 losses equal TP=1 for one seed).
+        use_cpu_initialization=not torch.cuda.is_available(),
+        # Must stay on: megatron sets the tensor-parallel attributes of its weights (which the
+        # grad-norm and checkpoint code read) only inside its init. build_gpt_model then redraws
+        # the values with init_weights, independent of the TP/PP layout.
+        perform_initialization=True,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        autocast_dtype=torch.bfloat16 if bf16 else torch.float32,
+        # Fused kernels exist only on CUDA (and need apex/TE for some); plain torch on CPU.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        **recompute_kwargs,
+    )
+
+
+def layer_spec(config: Any):
+    """TransformerEngine layer spec when TE imports and CUDA is present, megatron's local spec otherwise."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if transformer_engine_available():
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_gpt_model(model: ModelConfig, parallel: Any, vocab_size: int, seq_length: int,
+                    precision: str = "fp32", recompute: str = "none",
+                    pre_process: bool | None = None, post_process: bool | None = None,
+                    seed: int | None = None):
+    """Build this rank's GPTModel chunk (needs `distributed.initialize` first).
+
+    `vocab_size` is the PADDED size (see `padded_vocab_size`). pre/post_process default to
+    "this rank is the first/last pipeline stage". Weights come from `init_weights` with `seed`
+    (default: `torch.initial_seed()`, i.e. the seed `distributed.initialize` set), so every
+    TP/PP layout starts from the same model. On a GPU the model lives on the current device.
+    """
+    import torch
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    from fullchain.pretrain.compat import enable_cpu_compat
+
+    enable_cpu_compat()
+    if seq_length > model.max_position_embeddings:
+        raise ValueError(
+            f"seq_length: {seq_length} exceeds model.max_position_embeddings="
+            f"{model.max_position_embeddings}")
+    tp = parallel.tensor_parallel_size
+    if vocab_size % tp:
+        raise ValueError(
+            f"vocab_size: {vocab_size} is not divisible by tensor_parallel_size={tp} "
+            "(pass padded_vocab_size(...))")
+    config = to_transformer_config(model, parallel, precision, recompute)
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    gpt = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(config),
+        vocab_size=vocab_size,
+        max_sequence_length=model.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=model.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=model.rotary_base,
+    )
+    if torch.cuda.is_available():
+        gpt.cuda(torch.cuda.current_device())
+    if config.bf16 and not torch.cuda.is_available():
+        gpt.to(dtype=torch.bfloat16)
+    init_weights(gpt, model, torch.initial_seed() if seed is None else seed)
+    return gpt
+
+
+def _seed_for(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63 - 1)
+
+
+def _normal(shape: tuple, std: float, seed: int, name: str, device: Any):
+    import torch
+
+    generator = torch.Generator(device=device).manual_seed(_seed_for(seed, name))
+    return torch.empty(shape, dtype=torch.float32, device=device).normal_(
+        0.0, std, generator=generator)
+
+
+def init_weights(gpt: Any, model: ModelConfig, seed: int) -> None:
+    """Initialise this rank's chunk exactly as the TP=1, PP=1 model with the same seed would be.
+
+    Each full (unsplit) matrix is drawn from its own generator seeded by (seed, global name) and
+    this rank's slice is copied in, so the weights depend neither on the TP/PP layout nor on the
+    order megatron builds modules in (megatron's own CPU init draws sequentially from one stream,
+    which changes with PP). Normal(0, init_method_std); the two output projections of each block
+    use std / sqrt(2 * num_layers) (megatron's and GPT-2's scaled init); RMSNorm weights are 1.
+    The last pipeline stage's copy of tied embeddings is drawn under the embedding's name.
+    """
+    import torch
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    std = model.init_method_std
+    scaled_std = std / math.sqrt(2.0 * model.num_layers)
+    h, ffn = model.hidden_size, model.ffn_hidden_size
+    qkv_rows = (model.num_attention_heads + 2 * model.query_groups) * model.head_dim
+
+    def split(full, dim: int):
+        return full.chunk(tp, dim=dim)[rank]
+
+    def fill(param, full) -> None:
+        if tuple(full.shape) != tuple(param.shape):
+            raise RuntimeError(f"init_weights: {tuple(full.shape)} for a {tuple(param.shape)} param")
+        with torch.no_grad():
+            param.copy_(full)
+
+    vocab = None
+    if getattr(gpt, "pre_process", False):
+        weight = gpt.embedding.word_embeddings.weight
+        vocab = weight.shape[0] * tp
+        fill(weight, split(_normal((vocab, h), std, seed, "embedding", weight.device), 0))
+    if getattr(gpt, "post_process", False) and gpt.output_layer.weight is not None:
+        weight = gpt.output_layer.weight
+        vocab = weight.shape[0] * tp
+        name = "embedding" if model.tie_word_embeddings else "output_layer"
+        fill(weight, split(_normal((vocab, h), std, seed, name, weight.device), 0))
+    for layer in gpt.decoder.layers:
+        prefix = f"layers.{layer.layer_number - 1}"
+        attention, mlp = layer.self_attention, layer.mlp
+        device = attention.linear_qkv.weight.device
+        fill(attention.linear_qkv.weight,
+             split(_normal((qkv_rows, h), std, seed, f"{prefix}.qkv", device), 0))
+        fill(attention.linear_proj.weight,
+             split(_normal((h, h), scaled_std, seed, f"{prefix}.proj", device), 1))
+        # A TP rank holds [its gate rows; its up rows], not a contiguous slice of [gate; up].
+        gate = split(_normal((ffn, h), std, seed, f"{prefix}.gate", device), 0)
+        up = split(_normal((ffn, h), std, seed, f"{prefix}.up", device), 0)
+        fill(mlp.linear_fc1.weight, torch.cat([gate, up], dim=0))
+        fill(mlp.linear_fc2.weight,
+             split(_normal((h, ffn), scaled_std, seed, f"{prefix}.fc2", device), 1))
+        # Local spec: separate RMSNorm modules; TE spec: norms fused into the next linear.
+        for norm_weight in (getattr(layer.input_layernorm, "weight", None),
+                            getattr(layer.pre_mlp_layernorm, "weight", None),
+                            getattr(attention.linear_qkv, "layer_norm_weight", None),
+                            getattr(mlp.linear_fc1, "layer_norm_weight", None)):
+            if norm_weight is not None:
+                with torch.no_grad():
+                    norm_weight.fill_(1.0)
+    final_norm = getattr(gpt.decoder, "final_layernorm", None)
+    if final_norm is not None and getattr(final_norm, "weight", None) is not None:
+        with torch.no_grad():
+            final_norm.weight.fill_(1.0)
+
+
+def causal_attention_mask(seq_length: int, device: Any = None):
+    """[1, 1, s, s] bool mask, True where attention is NOT allowed (Megatron's convention).
+
+    Pass it explicitly: megatron's default mask (attention_mask=None) is built with device="cuda".
+    """
+    import torch
+
+    mask = torch.ones(seq_length, seq_length, dtype=torch.bool, device=device).triu(diagonal=1)
+    return mask.view(1, 1, seq_length, seq_length)
+
+
+def position_ids(batch_size: int, seq_length: int, device: Any = None):
+    """[b, s] positions 0..s-1 (what GPTModel's RoPE reads)."""
+    import torch
+
+    return torch.arange(seq_length, dtype=torch.long, device=device).unsqueeze(0).expand(
+        batch_size, seq_length)
