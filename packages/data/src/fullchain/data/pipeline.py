@@ -104,7 +104,8 @@ def make_executor(cfg: ExecutorConfig, name: str, steps: list, tasks: int, loggi
         from datatrove.executor import LocalPipelineExecutor
 
         return LocalPipelineExecutor(steps, tasks=tasks, workers=min(cfg.workers, tasks),
-                                     logging_dir=str(logging_dir), depends=depends)
+                                     logging_dir=str(logging_dir), depends=depends,
+                                     start_method=cfg.start_method)
     if cfg.kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
