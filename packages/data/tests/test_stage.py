@@ -48,14 +48,16 @@ def test_run_writes_the_artifact_card_and_metrics(first_run):
     assert not (out / "work" / "filtered").exists()  # bulky intermediates removed
     json.dumps(metrics)
     assert metrics["sources"]["en"]["documents_in"] == 13
-    # one English copy + CHINESE repeated 3x (2 copies of each of 2 texts); no near-only copies
+    # one English copy + CHINESE repeated 3x (2 copies of each of 2 texts); the first stdlib
+    # files may hold near copies of each other (counted separately)
     assert metrics["exact_duplicates_removed"] == 5
-    assert metrics["near_duplicates_removed"] == 0
     assert metrics["sources"]["zh"]["documents_out"] == 3
     assert set(metrics["language_mix"]) <= {"en", "zh", "code"} and metrics["language_mix"]["code"] >= 1
     card = json.loads((out / "data_card.json").read_text())
     filters = [row["filter"] for row in card["sources"]["en"]["filters"]]
     assert filters == ["normalize", "language", "quality", "dedup"]
+    assert card["sources"]["en"]["filters"][3]["dropped"] == {"exact": 1}
+    assert card["sources"]["zh"]["filters"][3]["dropped"] == {"exact": 4}
     assert card["tokenizer"]["vocab_size"] == 400
     assert "## Deduplication" in (out / "data_card.md").read_text()
 
