@@ -12,7 +12,7 @@ from fullchain.data.sources import SourceError, SourceReader, plan_sources, read
 
 
 def docs_of(sources, on_error="raise"):
-    units, skipped = plan_sources(sources, tasks=2, on_error=on_error)
+    units, skipped = plan_sources(sources, tasks=1, on_error=on_error)
     return list(read_all(units, on_error)), skipped
 
 
@@ -99,3 +99,20 @@ def test_config_validation():
     with pytest.raises(ValueError, match="^name"):
         SourceConfig(name="a/b", path="x.txt")
     assert SourceConfig(name="a", path="x.jsonl.gz").format == "jsonl"
+
+
+def test_one_file_is_split_across_tasks_without_loss_or_overlap(tmp_path):
+    write_jsonl(tmp_path / "one.jsonl", [{"text": f"doc {i}"} for i in range(10)] + [{"no": 1}])
+    (tmp_path / "one.txt").write_text("\n\n".join(f"para {i}" for i in range(7)), encoding="utf-8")
+    for source in (SourceConfig(name="j", path=str(tmp_path / "one.jsonl")),
+                   SourceConfig(name="t", path=str(tmp_path / "one.txt"), txt_unit="paragraph")):
+        units, _ = plan_sources([source], tasks=3, on_error="skip")
+        assert len(units) == 3
+        texts, skipped = [], 0
+        for rank in range(3):
+            reader = SourceReader(units, on_error="skip")
+            texts += [d.text for d in reader.run(None, rank, 3)]
+            skipped += reader.stats.stats["skipped/j/missing_field"].total
+        expected = [f"doc {i}" for i in range(10)] if source.name == "j" else [f"para {i}" for i in range(7)]
+        assert sorted(texts) == sorted(expected)
+        assert skipped == (1 if source.name == "j" else 0)

@@ -138,6 +138,10 @@ def plan_sources(sources: list[SourceConfig], tasks: int, on_error: str) -> tupl
             units += [dict(base, files=kept, shard=i, shards=shards) for i in range(shards)]
         elif source.max_documents is not None and fmt != "stdlib":
             units.append(dict(base, files=kept))  # a global cap needs one reader
+        elif len(kept) < tasks and (fmt in ("jsonl", "parquet") or (fmt == "txt" and source.txt_unit != "file")):
+            # fewer files than tasks (tinyshakespeare is one file): every task reads each file and
+            # keeps records k with k % tasks == its shard, so one big file still uses every task
+            units += [dict(base, files=[file], shard=i, shards=tasks) for file in kept for i in range(tasks)]
         else:
             units += [dict(base, files=[file]) for file in kept]
     return units, skipped
@@ -153,6 +157,11 @@ class SourceReader(PipelineStep):
         super().__init__()
         self.units = units
         self.on_error = on_error
+        self._shard, self._shards = 0, 1  # of the unit being read
+
+    def _owns(self, number: int) -> bool:
+        """Whether record/line `number` of a file split across tasks belongs to this unit."""
+        return number % self._shards == self._shard
 
     # -- error policy ------------------------------------------------------------------------
     def _bad(self, source: str, reason: str, where: str, problem: str) -> None:
@@ -178,6 +187,8 @@ class SourceReader(PipelineStep):
                 try:
                     yield number, raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
+                    if self.on_error == "skip" and not self._owns(number):
+                        continue  # a file split across tasks: counted once, by the line's owner
                     self._bad(source, "invalid_utf8", f"{file}:{number}", f"invalid UTF-8 ({exc.reason} at byte {exc.start})")
 
     def _read_txt(self, unit: dict, cfg: dict, file: str) -> Iterator[Document]:
@@ -257,7 +268,7 @@ class SourceReader(PipelineStep):
     def _read_jsonl(self, unit: dict, cfg: dict, file: str) -> Iterator[Document]:
         source = unit["source"]
         for number, line in self._lines(source, file):
-            if not line.strip():
+            if not line.strip() or not self._owns(number):
                 continue
             where = f"{file}:{number}"
             try:
@@ -286,6 +297,8 @@ class SourceReader(PipelineStep):
         for batch in parquet.iter_batches(columns=columns, batch_size=1024):
             for record in batch.to_pylist():
                 row += 1
+                if not self._owns(row):
+                    continue
                 text, record_id = self._record_text(unit, cfg, record, f"{file}:row {row}")
                 if text is None:
                     continue
@@ -339,8 +352,12 @@ class SourceReader(PipelineStep):
         }[unit["format"]]
         limit = cfg.get("max_documents") if unit["format"] != "stdlib" else None
         count = 0
+        self._shard, self._shards = (unit["shard"], unit["shards"]) if unit["format"] != "hf_disk" else (0, 1)
+        by_document = unit["format"] == "txt" and self._shards > 1  # txt: own every shards-th document
         for file in unit["files"]:
-            for doc in reader(unit, cfg, file):
+            for index, doc in enumerate(reader(unit, cfg, file)):
+                if by_document and not self._owns(index):
+                    continue
                 yield doc
                 count += 1
                 if limit is not None and count >= limit:
