@@ -229,60 +229,83 @@ def init_weights(gpt: Any, model: ModelConfig, seed: int) -> None:
     The last pipeline stage's copy of tied embeddings is drawn under the embedding's name.
     """
     import torch
+
+    std = model.init_method_std
+    scaled = std / math.sqrt(2.0 * model.num_layers)
+    stds = {"qkv": std, "proj": scaled, "gate": std, "up": std, "fc2": scaled,
+            "embedding": std, "output_layer": std}
+
+    def full(name: str, shape: tuple, device: Any):
+        kind = name.rsplit(".", 1)[-1]
+        if kind.endswith("norm"):
+            return torch.ones(shape, dtype=torch.float32, device=device)
+        return _normal(shape, stds[kind], seed, name, device)
+
+    fill_from_full(gpt, model, full)
+
+
+def fill_from_full(gpt: Any, model: ModelConfig, full: Any) -> None:
+    """Copy this rank's TP/PP slice of every weight from full (TP=1, PP=1 layout) tensors.
+
+    `full(name, shape, device)` returns the whole tensor for a canonical name: "embedding",
+    "output_layer" (asked as "embedding" when tied), "final_norm", and per global layer i
+    "layers.{i}.{input_norm, qkv, proj, post_norm, gate, up, fc2}". The qkv matrix is megatron's
+    per-group layout [q (heads/groups * head_dim), k, v] x groups. Used by `init_weights` and
+    by the Hugging Face import (`hf.load_hf_into`), so both work at any TP/PP layout.
+    """
+    import torch
     from megatron.core import parallel_state
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
-    std = model.init_method_std
-    scaled_std = std / math.sqrt(2.0 * model.num_layers)
     h, ffn = model.hidden_size, model.ffn_hidden_size
     qkv_rows = (model.num_attention_heads + 2 * model.query_groups) * model.head_dim
 
-    def split(full, dim: int):
-        return full.chunk(tp, dim=dim)[rank]
+    def split(tensor, dim: int):
+        return tensor.chunk(tp, dim=dim)[rank]
 
-    def fill(param, full) -> None:
-        if tuple(full.shape) != tuple(param.shape):
-            raise RuntimeError(f"init_weights: {tuple(full.shape)} for a {tuple(param.shape)} param")
+    def fill(param, value, name: str) -> None:
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(
+                f"{name}: shape {tuple(value.shape)} does not fit this rank's parameter "
+                f"{tuple(param.shape)}")
         with torch.no_grad():
-            param.copy_(full)
+            param.copy_(value)
 
-    vocab = None
     if getattr(gpt, "pre_process", False):
         weight = gpt.embedding.word_embeddings.weight
-        vocab = weight.shape[0] * tp
-        fill(weight, split(_normal((vocab, h), std, seed, "embedding", weight.device), 0))
+        fill(weight, split(full("embedding", (weight.shape[0] * tp, h), weight.device), 0),
+             "embedding")
     if getattr(gpt, "post_process", False) and gpt.output_layer.weight is not None:
         weight = gpt.output_layer.weight
-        vocab = weight.shape[0] * tp
         name = "embedding" if model.tie_word_embeddings else "output_layer"
-        fill(weight, split(_normal((vocab, h), std, seed, name, weight.device), 0))
+        fill(weight, split(full(name, (weight.shape[0] * tp, h), weight.device), 0), name)
     for layer in gpt.decoder.layers:
         prefix = f"layers.{layer.layer_number - 1}"
         attention, mlp = layer.self_attention, layer.mlp
         device = attention.linear_qkv.weight.device
         fill(attention.linear_qkv.weight,
-             split(_normal((qkv_rows, h), std, seed, f"{prefix}.qkv", device), 0))
+             split(full(f"{prefix}.qkv", (qkv_rows, h), device), 0), f"{prefix}.qkv")
         fill(attention.linear_proj.weight,
-             split(_normal((h, h), scaled_std, seed, f"{prefix}.proj", device), 1))
+             split(full(f"{prefix}.proj", (h, h), device), 1), f"{prefix}.proj")
         # A TP rank holds [its gate rows; its up rows], not a contiguous slice of [gate; up].
-        gate = split(_normal((ffn, h), std, seed, f"{prefix}.gate", device), 0)
-        up = split(_normal((ffn, h), std, seed, f"{prefix}.up", device), 0)
-        fill(mlp.linear_fc1.weight, torch.cat([gate, up], dim=0))
+        gate = split(full(f"{prefix}.gate", (ffn, h), device), 0)
+        up = split(full(f"{prefix}.up", (ffn, h), device), 0)
+        fill(mlp.linear_fc1.weight, torch.cat([gate, up], dim=0), f"{prefix}.gate/up")
         fill(mlp.linear_fc2.weight,
-             split(_normal((h, ffn), scaled_std, seed, f"{prefix}.fc2", device), 1))
+             split(full(f"{prefix}.fc2", (h, ffn), device), 1), f"{prefix}.fc2")
         # Local spec: separate RMSNorm modules; TE spec: norms fused into the next linear.
-        for norm_weight in (getattr(layer.input_layernorm, "weight", None),
-                            getattr(layer.pre_mlp_layernorm, "weight", None),
-                            getattr(attention.linear_qkv, "layer_norm_weight", None),
-                            getattr(mlp.linear_fc1, "layer_norm_weight", None)):
+        for kind, norm_weight in (
+                ("input_norm", getattr(layer.input_layernorm, "weight", None)),
+                ("input_norm", getattr(attention.linear_qkv, "layer_norm_weight", None)),
+                ("post_norm", getattr(layer.pre_mlp_layernorm, "weight", None)),
+                ("post_norm", getattr(mlp.linear_fc1, "layer_norm_weight", None))):
             if norm_weight is not None:
-                with torch.no_grad():
-                    norm_weight.fill_(1.0)
+                fill(norm_weight, full(f"{prefix}.{kind}", (h,), norm_weight.device),
+                     f"{prefix}.{kind}")
     final_norm = getattr(gpt.decoder, "final_layernorm", None)
     if final_norm is not None and getattr(final_norm, "weight", None) is not None:
-        with torch.no_grad():
-            final_norm.weight.fill_(1.0)
+        fill(final_norm.weight, full("final_norm", (h,), final_norm.weight.device), "final_norm")
 
 
 def causal_attention_mask(seq_length: int, device: Any = None):
