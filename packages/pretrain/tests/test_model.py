@@ -60,6 +60,26 @@ def test_padded_vocab_size_is_tensor_parallel_independent():
         padded_vocab_size(300, ModelConfig(**TINY, vocab_size=200), 1)
 
 
+CONF_MODEL = Path(__file__).resolve().parents[3] / "conf" / "model"
+
+
+@pytest.mark.parametrize("preset, vocab, millions", [
+    ("tiny", None, None), ("small", 8192, 16.9), ("internlm2_1_8b", None, 1889.1),
+    ("internlm2_7b", None, 7737.7), ("llama3_8b", None, 8030.3)])
+def test_presets_load_and_have_their_published_size(preset, vocab, millions):
+    import yaml
+
+    from fullchain.pretrain.model import padded_vocab_size
+
+    cfg = ModelConfig(**yaml.safe_load((CONF_MODEL / f"{preset}.yaml").read_text()))
+    assert cfg.name == preset
+    if millions is not None:
+        rows = padded_vocab_size(vocab or cfg.vocab_size, cfg, 1)
+        assert cfg.num_parameters(rows) / 1e6 == pytest.approx(millions, abs=0.1)
+    for tp in (1, 2, 8 if preset != "tiny" and preset != "small" else 2):
+        cfg.validate_tensor_parallel(tp)
+
+
 # -- TransformerConfig translation -------------------------------------------------------------
 
 def test_to_transformer_config_llama_family():
