@@ -302,12 +302,12 @@ def _pack_source(name: str, files: list[Path], batch_size: int, phase: int, dtyp
 
     def write(result: pack_worker.BatchResult) -> None:
         for split, builder in enumerate(builders):
-            ids, lengths = result.ids[split], result.lengths[split]
+            ids = np.frombuffer(result.ids[split], dtype=dtype)
             position = 0
-            for length in lengths.tolist():
+            for length in result.lengths[split]:
                 builder.add_document(ids[position:position + length], [length])
                 position += length
-            documents[split] += len(lengths)
+            documents[split] += len(result.lengths[split])
             tokens[split] += int(ids.size)
         stats["skipped"] += result.skipped
         stats["text_bytes"] += result.text_bytes
