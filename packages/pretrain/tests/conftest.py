@@ -75,11 +75,51 @@ def data_artifact(tmp_path_factory) -> Path:
 
 def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `tests/_parallel_worker.py ARGS` under torchrun with gloo, one thread per rank."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_TOP_PAD_="1073741824")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0",
-           str(TESTS_DIR / "_parallel_worker.py"), *args]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MALLOC_TOP_PAD_="1073741824")
+    # --standalone: a local rendezvous on a free port, so test runs never collide.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc), str(TESTS_DIR / "_parallel_worker.py"), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def tiny_config(**overrides):
+    """A PretrainConfig small enough for a CPU test (2 layers, hidden 64, GQA, seq 32)."""
+    from fullchain.pretrain import ModelConfig, ParallelConfig, PretrainConfig
+
+    model = dict(name="tiny", num_layers=2, hidden_size=64, num_attention_heads=4,
+                 num_query_groups=2, ffn_hidden_size=128, max_position_embeddings=64,
+                 # 384 tokens pad to 384 at TP=1 and TP=2 (64 * tp divides it): same weights.
+                 make_vocab_size_divisible_by=64)
+    model.update(overrides.pop("model", {}))
+    parallel = overrides.pop("parallel", {})
+    fields = dict(seq_length=32, micro_batch_size=2, global_batch_size=4, train_iters=6,
+                  warmup_iters=1, lr=3e-3, min_lr=3e-4, eval_interval=0, eval_iters=1,
+                  save_interval=0, export_hf=False, tensorboard=False, peak_flops=1e11)
+    fields.update(overrides)
+    return PretrainConfig(model=ModelConfig(**model), parallel=ParallelConfig(**parallel), **fields)
+
+
+def write_config(cfg, path: Path) -> Path:
+    import dataclasses
+
+    path.write_text(json.dumps(dataclasses.asdict(cfg)))
+    return path
+
+
+def losses(out: Path) -> list[float]:
+    """Per-iteration training losses from an artifact's metrics.jsonl."""
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows]
+
+
+def run_in_process(cfg, data_dir: Path, out: Path) -> dict:
+    from fullchain.core.artifact import Artifact
+    from fullchain.pretrain import run
+
+    out.mkdir(parents=True, exist_ok=True)
+    return run(cfg, {"data": Artifact.load(data_dir)}, out)

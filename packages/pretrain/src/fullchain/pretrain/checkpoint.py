@@ -125,6 +125,70 @@ def save(root: Path, iteration: int, model_chunk: Any, optimizer: Any, scheduler
     return path
 
 
+def _init_optimizer_state(optimizer: Any) -> None:
+    """Allocate a fresh optimizer's Adam state with one step of zero gradients at lr 0.
+
+    Without Apex/TransformerEngine (the CPU case) megatron 0.16.1's DistributedOptimizer needs
+    every parameter's state, "step" included, while building the loading state dict, and its own
+    `init_state_fn` creates only the moments: loading into a never-stepped optimizer fails with a
+    bare AssertionError. A zero-gradient step at lr 0 changes no weight (m and v stay 0, the
+    decoupled decay is lr * wd * p = 0) and everything it allocates is overwritten by the load."""
+    if not any(len(group["params"]) and optimizer_state_empty(optimizer) for group in optimizer.param_groups):
+        return
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.zero_grad()
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, saved):
+        group["lr"] = lr
+
+
+def optimizer_state_empty(optimizer: Any) -> bool:
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_optimizer = getattr(inner, "optimizer", None)
+        if torch_optimizer is not None and len(torch_optimizer.state) == 0:
+            return True
+    return False
+
+
+def _load_optimizer_state(optimizer: Any, state: dict) -> None:
+    """optimizer.load_state_dict, working around megatron 0.16.1's fully_reshardable load without
+    Apex/TE: torch Adam keeps a per-parameter "step" that the loader drops from the loaded
+    tensors but still tries to copy into (KeyError: 'step'). Load the rest first, then the
+    parameter state with "step" set aside, then put "step" (already the checkpoint's) back."""
+    inners = getattr(optimizer, "chained_optimizers", [optimizer])
+    if not (len(inners) == 1 and isinstance(state, dict)
+            and state.get("param_state_sharding_type") == "fully_reshardable"):
+        optimizer.load_state_dict(state)
+        _unshare_steps(inners)
+        return
+    inner = inners[0]
+    state = dict(state)
+    param_state = state.pop("param_state")
+    state.pop("param_state_sharding_type")
+    inner.load_state_dict(state)
+    torch_state = inner.optimizer.state
+    steps = {param: values.pop("step") for param, values in torch_state.items() if "step" in values}
+    inner.load_parameter_state_from_fully_reshardable(param_state)
+    for param, step in steps.items():
+        torch_state[param]["step"] = step
+    _unshare_steps(inners)
+
+
+def _unshare_steps(inners: list) -> None:
+    """Without Apex/TE megatron's load_state_dict gives every parameter the SAME "step" tensor;
+    torch Adam increments each parameter's step in place, so a shared one races ahead (wrong
+    bias correction after a resume). One tensor per parameter, as torch itself keeps them."""
+    for inner in inners:
+        torch_optimizer = getattr(inner, "optimizer", None)
+        if torch_optimizer is None:
+            continue
+        for values in torch_optimizer.state.values():
+            if "step" in values and hasattr(values["step"], "clone"):
+                values["step"] = values["step"].clone()
+
+
 def load(path: Path, model_chunk: Any, optimizer: Any = None, scheduler: Any = None) -> dict[str, Any]:
     """Collective: load a checkpoint saved at any TP/PP/DP into this rank's model (and optimizer,
     scheduler, RNG when given). Returns {"iteration", "consumed_samples"}."""
@@ -135,6 +199,7 @@ def load(path: Path, model_chunk: Any, optimizer: Any = None, scheduler: Any = N
     model_sd = model_chunk.sharded_state_dict()
     state: dict[str, Any] = {"model": model_sd}
     if optimizer is not None:
+        _init_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True,
                                                           metadata=OPTIMIZER_METADATA)
     same_layout = {k: v for k, v in common.get("parallel", {}).items() if k != "data_parallel_size"} == {
@@ -146,7 +211,7 @@ def load(path: Path, model_chunk: Any, optimizer: Any = None, scheduler: Any = N
         loaded = dist_checkpointing.load(state, str(path))
     model_chunk.load_state_dict(loaded["model"])
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(optimizer, loaded["optimizer"])
     if scheduler is not None and "scheduler" in common:
         scheduler.load_state_dict(common["scheduler"])
     if "rng" in state:

@@ -178,9 +178,10 @@ class PretrainConfig:
             raise ValueError(f"lr: {self.lr!r} must be > 0")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr: {self.min_lr!r} must be within [0, lr={self.lr}]")
-        if self.warmup_iters > self.train_iters:
+        if self.warmup_iters and self.warmup_iters >= self.decay_iters:
             raise ValueError(
-                f"warmup_iters: {self.warmup_iters} exceeds train_iters={self.train_iters}")
+                f"warmup_iters: {self.warmup_iters} must be smaller than the decay length "
+                f"(lr_decay_iters or train_iters = {self.decay_iters})")
         if self.lr_decay_iters is not None and self.lr_decay_iters <= self.warmup_iters:
             raise ValueError(
                 f"lr_decay_iters: {self.lr_decay_iters} must exceed warmup_iters={self.warmup_iters}")
