@@ -116,28 +116,34 @@ class DedupFilter(PipelineStep):
         self.exact_folder = exact_folder
         self.minhash_folder = minhash_folder
 
-    def removal_sets(self, rank: int) -> tuple[set[int], set[int]]:
-        exact: set[int] = set()
+    def removal_sets(self, rank: int) -> tuple[set[int], set[int], set[int]]:
+        exact: set[int] = set()  # removed by the exact finder
+        members: set[int] = set()  # in a group of identical texts (removed or kept)
         if self.exact_folder:
             from datatrove.utils.typeshelper import ExtensionHelperSD
 
             suffix = ExtensionHelperSD.stage_2_duplicates
             for file in sorted(Path(self.exact_folder).glob(f"*/{rank:05d}{suffix}")):
                 exact.update(int(i) for i in _read_uint32(file))
+            # the copy the exact finder kept is a group member too: MinHash may drop it instead
+            counts = ExtensionHelperSD.stage_2_counts
+            for file in sorted(Path(self.exact_folder).glob(f"*/{rank:05d}{counts}")):
+                members.update(int(i) for i in _read_uint32(file)[0::2])
+        members |= exact
         near: set[int] = set()
         if self.minhash_folder:
             near.update(int(i) for i in _read_uint32(Path(self.minhash_folder) / f"{rank:06d}.remove"))
-        return exact, near
+        return exact, near, members
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        exact, near = self.removal_sets(rank)
+        exact, near, members = self.removal_sets(rank)
         for index, doc in enumerate(data):
             source = doc.metadata.get("source", "?")
             self.stat_update(f"in/{source}")
             self.stat_update(f"chars_in/{source}", value=len(doc.text))
             reason = None
             if index in near:
-                reason = "exact" if index in exact else "near"
+                reason = "exact" if index in members else "near"
             elif index in exact and (self.minhash_folder is None or not shingle_tokens(doc.text)):
                 reason = "exact"
             if reason:
