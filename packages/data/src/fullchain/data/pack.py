@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -94,13 +95,17 @@ def finalize(tokenizer: TokenizerConfig, pack: PackConfig, sources: Sequence[Sou
         "total_tokens": sum(sum(s.values()) for s in packed["tokens"].values()),
         "total_documents": sum(sum(s.values()) for s in packed["documents"].values()),
         "text_bytes": text_bytes,
-        "fertility_en": fertility(*held_out.get("en", (0, 0))),
-        "fertility_zh": fertility(*held_out.get("zh", (0, 0))),
+        "fertility_en": _rounded(fertility(*held_out.get("en", (0, 0)))),
+        "fertility_zh": _rounded(fertility(*held_out.get("zh", (0, 0)))),
         "fertility_characters": {lang: counts[1] for lang, counts in sorted(held_out.items())},
         "pack_seconds": round(pack_seconds, 3),
         "pack_megabytes_per_second": round(text_bytes / 1e6 / pack_seconds, 3)
         if pack_seconds > 0 else None,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def resolve_dtype(dtype: str, vocab_size: int) -> str:
@@ -292,6 +297,7 @@ def _pack_source(name: str, files: list[Path], batch_size: int, phase: int, dtyp
                  directory: Path, pool, window: int) -> dict[str, Any]:
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from tqdm import tqdm
 
     directory.mkdir(parents=True, exist_ok=True)
     builders = [IndexedDatasetBuilder(str(directory / f"{split}.bin"), dtype=np.dtype(dtype).type)
@@ -319,16 +325,25 @@ def _pack_source(name: str, files: list[Path], batch_size: int, phase: int, dtyp
     # At most 2 batches per worker in flight: workers never wait for input, and memory is
     # bounded by the window, not by the corpus size.
     pending: collections.deque = collections.deque()
-    for lines, first_index, first_line, file in _batches(files, batch_size):
-        arguments = (lines, first_index, first_line, file, phase)
-        if pool is None:
-            write(pack_worker.encode_batch(*arguments))
-            continue
-        pending.append(pool.apply_async(pack_worker.encode_batch, arguments))
-        if len(pending) >= 2 * window:
-            write(pending.popleft().get())
-    while pending:
-        write(pending.popleft().get())
+    progress = tqdm(desc=f"tokenize+pack {name}", unit="doc", mininterval=5, file=sys.stderr)
+    try:
+        for lines, first_index, first_line, file in _batches(files, batch_size):
+            arguments = (lines, first_index, first_line, file, phase)
+            if pool is None:
+                write(pack_worker.encode_batch(*arguments))
+                progress.update(len(lines))
+                continue
+            pending.append((len(lines), pool.apply_async(pack_worker.encode_batch, arguments)))
+            if len(pending) >= 2 * window:
+                count, task = pending.popleft()
+                write(task.get())
+                progress.update(count)
+        while pending:
+            count, task = pending.popleft()
+            write(task.get())
+            progress.update(count)
+    finally:
+        progress.close()
 
     for split, builder in zip(SPLITS, builders):
         builder.finalize(str(directory / f"{split}.idx"))
