@@ -79,3 +79,10 @@ def test_missing_corpus_is_a_config_error_naming_the_field(project, monkeypatch)
     monkeypatch.setenv("TOY_CORPUS", str(project / "nope.txt"))
     with pytest.raises(ConfigError, match=r"count\.corpus: .*nope\.txt.* does not exist"):
         runner.plan(spec_for())
+
+
+def test_unset_content_path_hashes_as_itself_not_the_cwd(project):
+    from fullchain.core.hashing import ContentHasher, _content_view
+
+    assert _content_view("", ContentHasher(), "x.path") == ""
+    assert _content_view(None, ContentHasher(), "x.path") is None

@@ -114,8 +114,8 @@ def hash_view(obj: Any, hasher: ContentHasher, path: str) -> Any:
 
 
 def _content_view(value: Any, hasher: ContentHasher, path: str) -> Any:
-    if value is None:
-        return None
+    if value is None or value == "":
+        return value  # an unset path (e.g. a source that needs none) hashes as itself
     if isinstance(value, (list, tuple)):
         return [_content_view(v, hasher, f"{path}[{i}]") for i, v in enumerate(value)]
     return {"sha256": hasher.path_digest(str(value), path)}
