@@ -73,11 +73,18 @@ def data_artifact(tmp_path_factory) -> Path:
     return build_data_artifact(tmp_path_factory.mktemp("data"))
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `tests/_parallel_worker.py ARGS` under torchrun with gloo, one thread per rank."""
+def clean_env() -> dict:
+    """os.environ without the variables an in-process single-rank run left behind (its
+    MASTER_PORT may still be bound), one thread per rank, the runner's malloc padding."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", MALLOC_TOP_PAD_="1073741824")
+    return env
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `tests/_parallel_worker.py ARGS` under torchrun with gloo, one thread per rank."""
+    env = clean_env()
     # --standalone: a local rendezvous on a free port, so test runs never collide.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(nproc), str(TESTS_DIR / "_parallel_worker.py"), *args]

@@ -147,12 +147,12 @@ def test_cli_export_from_tp2_checkpoint_and_import(tmp_path):
         str(_tokenizer(tmp_path / "tok")), "--out", str(tmp_path / "hf")],
         env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    proc = subprocess.run(cli + ["import", "--hf", str(tmp_path / "hf"), "--out",
-                                 str(tmp_path / "imported")],
-                          env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-
+    # The same CLI in-process (one subprocess above already covers `python -m`).
     from megatron.core import dist_checkpointing
+
+    from fullchain.pretrain.hf import main
+
+    main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")])
 
     parallel = ParallelConfig()
     distributed.initialize(parallel, seed=SEED)
@@ -168,10 +168,11 @@ def test_cli_export_from_tp2_checkpoint_and_import(tmp_path):
     finally:
         distributed.destroy()
 
-    bad = subprocess.run(cli + ["export", "--checkpoint", str(tmp_path), "--model-config",
-                                str(artifact / "model.json"), "--out", str(tmp_path / "x")],
-                         env=_env(), capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "not a dist checkpoint" in bad.stderr
+    with pytest.raises(FileNotFoundError, match="not a dist checkpoint"):
+        main(["export", "--checkpoint", str(tmp_path), "--model-config",
+              str(artifact / "model.json"), "--out", str(tmp_path / "x")])
+    with pytest.raises(FileExistsError, match="not empty"):
+        main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")])
 
 
 def _save_tp2_checkpoint(artifact: Path) -> None:

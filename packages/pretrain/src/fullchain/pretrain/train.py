@@ -97,6 +97,7 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from fullchain.pretrain.compat import enable_cpu_compat
     from fullchain.pretrain.metrics import MetricsWriter, device_peak_flops, model_flops_per_token
     from fullchain.pretrain.model import build_gpt_model, causal_attention_mask, resolve_precision
 
@@ -157,6 +158,7 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     iteration, consumed_samples, resumed_from = 0, 0, None
     if resume is not None:
         position = checkpoint.load(resume[1], model, optimizer, scheduler)
+        enable_cpu_compat()
         iteration, consumed_samples = position["iteration"], position["consumed_samples"]
         resumed_from = iteration
         logger.info("resumed from %s (iteration %d, %d samples consumed)", resume[1], iteration,
@@ -241,6 +243,9 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
                             f" val_loss {val_loss:.4f}" if "val_loss" in values else "")
         if iteration == cfg.train_iters or (cfg.save_interval and iteration % cfg.save_interval == 0):
             checkpoint.save(out / "checkpoints", iteration, model, optimizer, scheduler, consumed_samples)
+            # dist_checkpointing leaves torch's function-mode stack without the CPU shim's mode
+            # (no-op with CUDA): push it back before the next step.
+            enable_cpu_compat()
     writer.close()
 
     # Steady-state speed: the first step of a process pays for allocator growth and warm-up.

@@ -1,0 +1,83 @@
+"""A run SIGKILLed mid-way resumes from its last complete checkpoint and reproduces the
+uninterrupted run exactly (CPU, same seed); the checkpoint layout is the documented one."""
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TESTS_DIR, clean_env, losses, tiny_config, write_config
+
+ITERS = 8
+
+
+def _worker(cfg_file, data, out, *extra):
+    """Run one plain-python worker; output goes to a file, not a pipe: a SIGKILLed process's
+    checkpoint-writer children may outlive it and would hold a pipe open."""
+    log = Path(str(out) + f".{len(extra)}.log")
+    with log.open("w") as handle:
+        proc = subprocess.run([sys.executable, str(TESTS_DIR / "_parallel_worker.py"), str(cfg_file),
+                               str(data), str(out), *extra], env=clean_env(), stdout=handle,
+                              stderr=subprocess.STDOUT, timeout=300)
+    proc.log = log.read_text()[-3000:]
+    return proc
+
+
+def test_sigkill_then_resume_reproduces_final_loss(data_artifact, tmp_path):
+    cfg = write_config(tiny_config(train_iters=ITERS, save_interval=3, eval_interval=4),
+                       tmp_path / "cfg.json")
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    straight_run = _worker(cfg, data_artifact, straight)
+    assert straight_run.returncode == 0, straight_run.log
+    # Killed while logging iteration 5: checkpoints 3 is complete, 6 never started.
+    killed = _worker(cfg, data_artifact, crashed, "5")
+    assert killed.returncode == -9, killed.log
+    latest = json.loads((crashed / "checkpoints" / "latest.json").read_text())
+    assert latest == {"iteration": 3, "path": "iter_0000003"}
+    assert not (crashed / "result_rank0.json").exists()
+
+    resumed = _worker(cfg, data_artifact, crashed)
+    assert resumed.returncode == 0, resumed.log
+    first = json.loads((straight / "result_rank0.json").read_text())
+    second = json.loads((crashed / "result_rank0.json").read_text())
+    assert second["resumed_from_iteration"] == 3
+    assert second["final_loss"] == first["final_loss"]  # exactly, not approximately
+    assert second["val_loss"] == first["val_loss"]
+    assert losses(crashed) == losses(straight)  # rows past the checkpoint were replaced
+
+
+def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
+    from fullchain.pretrain import checkpoint, distributed
+    from fullchain.pretrain.model import build_gpt_model
+    from conftest import run_in_process
+
+    cfg = tiny_config(train_iters=2, save_interval=1)
+    out = tmp_path / "out"
+    metrics = run_in_process(cfg, data_artifact, out)
+    root = out / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["iter_0000001", "iter_0000002", "latest.json"]
+    assert checkpoint.latest_checkpoint(root)[0] == 2
+    model_json = json.loads((out / "model.json").read_text())
+    assert model_json["padded_vocab_size"] == metrics["padded_vocab_size"]
+    assert (out / "loss.png").stat().st_size > 0
+
+    # The model part loads alone (what the HF export does), without optimizer state.
+    distributed.initialize(cfg.parallel, seed=99)
+    try:
+        model = build_gpt_model(cfg.model, cfg.parallel, metrics["padded_vocab_size"], cfg.seq_length)
+        before = model.embedding.word_embeddings.weight.detach().clone()
+        position = checkpoint.load(root / "iter_0000002", model)
+        assert position == {"iteration": 2, "consumed_samples": 2 * cfg.global_batch_size}
+        assert not model.embedding.word_embeddings.weight.detach().equal(before)
+    finally:
+        distributed.destroy()
+
+
+def test_corrupt_latest_json_is_named(tmp_path):
+    from fullchain.pretrain import checkpoint
+
+    (tmp_path / "latest.json").write_text("{}")
+    with pytest.raises(ValueError, match="latest.json"):
+        checkpoint.latest_checkpoint(tmp_path)
