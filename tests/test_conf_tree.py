@@ -42,9 +42,16 @@ GROUP_OPTIONS = [(g, o) for g in ("data", "tokenizer", "model", "parallel", "pre
                  for o in _options(g)]
 
 
+# Options that only make sense with a partner option (checked by the stage's own rules).
+PARTNERS = {
+    ("pretrain", "gpu"): ["model=internlm2_1_8b"],
+    ("pretrain", "small"): ["model=small"],
+}
+
+
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_converts(group, option):
-    overrides = [f"{group}={option}"]
+    overrides = [f"{group}={option}", *PARTNERS.get((group, option), [])]
     if group == "tokenizer" and option == "pretrained":
         overrides.append("tokenizer.path=/some/tokenizer")
     convert_all(compose(*overrides))
