@@ -236,3 +236,26 @@ def test_bad_line_names_file_and_line(tmp_path, packed):
                  num_workers=0, seed=0)
     with pytest.raises(ValueError, match=r"^sources\[0\]: name"):
         finalize(pretrained, PackConfig(), [("../up", 1.0, [no_text])], tmp_path / "q", 0, 0)
+
+
+def test_int32_and_short_documents_skipped(tmp_path, packed):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from fullchain.data.pack import finalize, resolve_dtype
+
+    assert resolve_dtype("auto", 65499) == "uint16" and resolve_dtype("auto", 65500) == "int32"
+    with pytest.raises(ValueError, match=r"^pack.dtype:"):
+        resolve_dtype("uint16", 100_000)
+    out, _ = packed
+    texts = ["", "one two three", "x", "   ", "four five six seven"]
+    files = write_datatrove(tmp_path / "short", texts, "en", per_file=10)
+    metrics = finalize(TokenizerConfig(path=str(out / "tokenizer")),
+                       PackConfig(split="1,0,0", dtype="int32", min_document_tokens=2),
+                       [("short", 1.0, files)], tmp_path / "o", num_workers=0, seed=0)
+    # "" has 0 tokens; "x" has 1; "   " is 1-3 tokens of spaces, kept only if >= 2.
+    kept = metrics["documents"]["short"]["train"]
+    assert metrics["skipped_documents"]["short"] == len(texts) - kept >= 2
+    dataset = IndexedDataset(str(tmp_path / "o" / "packed" / "short" / "train"))
+    assert dataset.index.dtype == np.int32 and len(dataset) == kept
+    assert (tmp_path / "o" / "packed" / "short" / "train.bin").stat().st_size == \
+        4 * metrics["tokens"]["short"]["train"]

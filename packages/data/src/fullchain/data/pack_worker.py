@@ -58,7 +58,12 @@ def parse_document(line: bytes, where: str) -> dict[str, Any]:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{where}: not a JSON document: {exc}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+    if not isinstance(record, dict):
+        raise ValueError(f'{where}: a JSON object with a string "text" field is expected')
+    if "text" not in record and "id" in record:
+        # datatrove's writers leave out falsy fields: an empty document has no "text".
+        record["text"] = ""
+    if not isinstance(record.get("text"), str):
         raise ValueError(f'{where}: a JSON object with a string "text" field is expected')
     return record
 
