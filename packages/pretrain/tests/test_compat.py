@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 import torch
-
 from fullchain.pretrain import compat
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU shim")
@@ -40,12 +39,11 @@ def test_enable_is_idempotent_and_maps_cuda_to_cpu():
 
 @cpu_only
 def test_megatron_cuda_only_paths_run_on_cpu():
+    from fullchain.pretrain import distributed
+    from fullchain.pretrain.config import ParallelConfig
     from megatron.core import tensor_parallel
     from megatron.core.transformer.utils import get_default_causal_mask
     from megatron.core.utils import GlobalMemoryBuffer
-
-    from fullchain.pretrain import distributed
-    from fullchain.pretrain.config import ParallelConfig
 
     distributed.initialize(ParallelConfig(), seed=5)
     try:
@@ -66,15 +64,14 @@ def test_megatron_cuda_only_paths_run_on_cpu():
 @cpu_only
 def test_megatron_ddp_optimizer_schedule_and_checkpoint_on_cpu(tmp_path):
     """Megatron DDP + get_megatron_optimizer (distributed) + pipeline schedule + dist ckpt."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     from fullchain.pretrain import distributed
     from fullchain.pretrain.config import ParallelConfig
     from fullchain.pretrain.model import build_gpt_model, causal_attention_mask, position_ids
     from fullchain.pretrain.model_config import ModelConfig
+    from megatron.core import dist_checkpointing
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     parallel = ParallelConfig()
     distributed.initialize(parallel, seed=1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fullchain.pretrain import distributed
 from fullchain.pretrain.config import ParallelConfig
 

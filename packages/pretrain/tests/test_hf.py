@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fullchain.pretrain.model_config import ModelConfig
 
 TINY = dict(name="tiny", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
@@ -36,7 +35,6 @@ def _tokens():
 
 def _megatron_logits(gpt):
     import torch
-
     from fullchain.pretrain.model import causal_attention_mask, position_ids
 
     with torch.no_grad():
@@ -83,7 +81,6 @@ def single_world():
 @pytest.mark.parametrize("tied", [False, True])
 def test_export_logits_match_and_import_round_trips(single_world, tmp_path, tied):
     import torch
-
     from fullchain.pretrain.hf import export_hf, load_hf_into
     from fullchain.pretrain.model import build_gpt_model
 
@@ -129,7 +126,6 @@ def test_bad_inputs_are_named(single_world, tmp_path):
 def test_cli_export_from_tp2_checkpoint_and_import(tmp_path):
     """A checkpoint saved at TP=2 exports through the CLI with logits equal to the TP=1 model."""
     import torch
-
     from fullchain.pretrain import distributed
     from fullchain.pretrain.config import ParallelConfig
     from fullchain.pretrain.model import build_gpt_model
@@ -148,9 +144,8 @@ def test_cli_export_from_tp2_checkpoint_and_import(tmp_path):
         env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
     # The same CLI in-process (one subprocess above already covers `python -m`).
-    from megatron.core import dist_checkpointing
-
     from fullchain.pretrain.hf import main
+    from megatron.core import dist_checkpointing
 
     main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")])
 
@@ -180,11 +175,10 @@ def _save_tp2_checkpoint(artifact: Path) -> None:
     import dataclasses
 
     import torch
-    from megatron.core import dist_checkpointing
-
     from fullchain.pretrain import distributed
     from fullchain.pretrain.config import ParallelConfig
     from fullchain.pretrain.model import build_gpt_model
+    from megatron.core import dist_checkpointing
 
     parallel = ParallelConfig(tensor_parallel_size=2)
     distributed.initialize(parallel, seed=SEED)

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fullchain.pretrain.model_config import ModelConfig
 
 TINY = dict(name="tiny", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
@@ -68,7 +67,6 @@ CONF_MODEL = Path(__file__).resolve().parents[3] / "conf" / "model"
     ("internlm2_7b", None, 7737.7), ("llama3_8b", None, 8030.3)])
 def test_presets_load_and_have_their_published_size(preset, vocab, millions):
     import yaml
-
     from fullchain.pretrain.model import padded_vocab_size
 
     cfg = ModelConfig(**yaml.safe_load((CONF_MODEL / f"{preset}.yaml").read_text()))
@@ -85,7 +83,6 @@ def test_presets_load_and_have_their_published_size(preset, vocab, millions):
 def test_to_transformer_config_llama_family():
     import torch
     import torch.nn.functional as F
-
     from fullchain.pretrain.config import ParallelConfig
     from fullchain.pretrain.model import to_transformer_config
 
@@ -160,9 +157,12 @@ def _batch():
 
 def test_build_gpt_model_shapes_mask_and_rope(single_world):
     import torch
-
-    from fullchain.pretrain.model import (build_gpt_model, causal_attention_mask,
-                                          padded_vocab_size, position_ids)
+    from fullchain.pretrain.model import (
+        build_gpt_model,
+        causal_attention_mask,
+        padded_vocab_size,
+        position_ids,
+    )
 
     cfg = ModelConfig(**TINY, rotary_base=5e5)
     vocab = padded_vocab_size(VOCAB, cfg, 1)
@@ -223,13 +223,16 @@ def test_build_gpt_model_tied_and_recompute(single_world):
 def _layout_result(tp: int, pp: int) -> dict:
     """Per-token losses and the full gradient norm of the tiny model at this layout."""
     import torch
-    from megatron.core import tensor_parallel
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     from fullchain.pretrain import distributed
     from fullchain.pretrain.config import ParallelConfig
-    from fullchain.pretrain.model import (build_gpt_model, causal_attention_mask,
-                                          padded_vocab_size, position_ids)
+    from fullchain.pretrain.model import (
+        build_gpt_model,
+        causal_attention_mask,
+        padded_vocab_size,
+        position_ids,
+    )
+    from megatron.core import tensor_parallel
+    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     parallel = ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp)
     distributed.initialize(parallel, seed=1234)
@@ -265,7 +268,6 @@ def _layout_result(tp: int, pp: int) -> dict:
 
 def test_tensor_and_pipeline_parallel_match_single_process(tmp_path):
     import torch
-
     from fullchain.pretrain import distributed
 
     reference = _layout_result(1, 1)

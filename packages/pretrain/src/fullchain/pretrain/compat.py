@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_mode: "_CudaToCpuMode | None" = None
+_mode: _CudaToCpuMode | None = None
 _patched_torch = False
 _patched_megatron = False
 

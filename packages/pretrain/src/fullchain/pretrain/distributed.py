@@ -46,9 +46,8 @@ def initialize(parallel: Any, seed: int) -> None:
     """
     import torch
     import torch.distributed as dist
-    from megatron.core import parallel_state
-
     from fullchain.pretrain.compat import enable_cpu_compat
+    from megatron.core import parallel_state
 
     global _INITIALIZED_PROCESS_GROUP
     enable_cpu_compat()

@@ -263,10 +263,9 @@ def load_hf_into(model: Any, hf_dir: str | Path, model_cfg: ModelConfig | None =
     tensor (ValueError naming the tensor). Embedding rows beyond the HF vocabulary (padding) are
     zero.
     """
+    from fullchain.pretrain.model import fill_from_full
     from megatron.core import parallel_state
     from transformers import AutoConfig
-
-    from fullchain.pretrain.model import fill_from_full
 
     if model_cfg is None:
         model_cfg = model_config_from_hf(AutoConfig.from_pretrained(str(hf_dir)))
@@ -298,11 +297,10 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
 
 def _export(args: argparse.Namespace) -> None:
     import torch
-    from megatron.core import dist_checkpointing
-
     from fullchain.pretrain import distributed
     from fullchain.pretrain.config import ParallelConfig
     from fullchain.pretrain.model import build_gpt_model
+    from megatron.core import dist_checkpointing
 
     model_cfg, extra = read_model_config(args.model_config)
     vocab_size = args.vocab_size or extra.get("padded_vocab_size")
@@ -324,12 +322,11 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from megatron.core import dist_checkpointing
-    from transformers import AutoConfig
-
     from fullchain.pretrain import distributed
     from fullchain.pretrain.config import ParallelConfig
     from fullchain.pretrain.model import build_gpt_model, padded_vocab_size
+    from megatron.core import dist_checkpointing
+    from transformers import AutoConfig
 
     hf_config = AutoConfig.from_pretrained(str(args.hf))
     if args.model_config:

@@ -164,10 +164,9 @@ def build_gpt_model(model: ModelConfig, parallel: Any, vocab_size: int, seq_leng
     TP/PP layout starts from the same model. On a GPU the model lives on the current device.
     """
     import torch
+    from fullchain.pretrain.compat import enable_cpu_compat
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
-
-    from fullchain.pretrain.compat import enable_cpu_compat
 
     enable_cpu_compat()
     if seq_length > model.max_position_embeddings:

@@ -8,7 +8,6 @@ in `model.py` (`to_transformer_config`), the only place that knows megatron's ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass
@@ -23,11 +22,11 @@ class ModelConfig:
     """Width of the residual stream (d_model)."""
     num_attention_heads: int = 4
     """Number of query heads; head_dim = hidden_size / num_attention_heads."""
-    num_query_groups: Optional[int] = None
+    num_query_groups: int | None = None
     """Key/value heads for grouped-query attention; None = num_attention_heads (plain MHA)."""
     ffn_hidden_size: int = 176
     """Inner width of the SwiGLU MLP (each of the gate and up projections)."""
-    vocab_size: Optional[int] = None
+    vocab_size: int | None = None
     """Embedding rows before padding; None = the data artifact's tokenizer size."""
     make_vocab_size_divisible_by: int = 128
     """Pad the vocabulary to a multiple of this times the tensor-parallel size (fast matmuls)."""
