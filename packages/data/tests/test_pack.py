@@ -169,13 +169,15 @@ def test_gpt_dataset_samples_are_the_packed_stream(packed):
         assert sample["labels"].tolist() == window[1:].tolist()
 
 
-def test_same_input_gives_identical_bytes_with_any_worker_count(packed, corpus, tmp_path):
+def test_same_input_gives_identical_bytes_with_any_worker_count_or_batch_size(packed, corpus, tmp_path):
     from fullchain.data.pack import finalize
 
     first, _ = packed
     second = tmp_path / "again"
     second.mkdir()
-    finalize(TOKENIZER, PACK, sources(corpus), second, num_workers=0, seed=7)
+    # Batch sizes are not hashed into the step id, so they must not change a byte either.
+    rebatched = PackConfig(split=PACK.split, encode_batch_size=5, encode_batch_bytes=300)
+    finalize(TOKENIZER, rebatched, sources(corpus), second, num_workers=0, seed=7)
     files = sorted(p.relative_to(first) for p in first.rglob("*")
                    if p.is_file() and "cache" not in p.parts)
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())

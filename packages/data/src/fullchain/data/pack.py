@@ -234,7 +234,7 @@ def pack_sources(info: TokenizerInfo, pack: PackConfig, sources: Sequence[Source
     results["setup_seconds"] = time.perf_counter() - setup_started
     try:
         for name, _, files in sources:
-            stats = _pack_source(name, files, pack.encode_batch_size, phases[name], dtype,
+            stats = _pack_source(name, files, pack, phases[name], dtype,
                                  out / "packed" / name, pool, max(num_workers, 1))
             results["tokens"][name] = stats["tokens"]
             results["documents"][name] = stats["documents"]
@@ -280,28 +280,33 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _batches(files: list[Path], size: int) -> Iterator[tuple[list[bytes], int, int, str]]:
-    """(lines, index of the first line in the source, its line number, file) per batch; a
-    batch never spans two files, so errors can name file and line."""
+def _batches(files: list[Path], size: int,
+             max_bytes: int) -> Iterator[tuple[list[bytes], int, int, str]]:
+    """(lines, index of the first line in the source, its line number, file) per batch of at
+    most `size` lines and about `max_bytes`; a batch never spans two files, so errors can name
+    file and line."""
     index = 0
     for path in files:
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rb") as handle:
             first_line = 1
             lines: list[bytes] = []
+            used = 0
             for line in handle:
                 lines.append(line)
-                if len(lines) == size:
+                used += len(line)
+                if len(lines) == size or used >= max_bytes:
                     yield lines, index, first_line, str(path)
                     index += len(lines)
                     first_line += len(lines)
                     lines = []
+                    used = 0
             if lines:
                 yield lines, index, first_line, str(path)
                 index += len(lines)
 
 
-def _pack_source(name: str, files: list[Path], batch_size: int, phase: int, dtype: str,
+def _pack_source(name: str, files: list[Path], pack: PackConfig, phase: int, dtype: str,
                  directory: Path, pool, window: int) -> dict[str, Any]:
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -335,7 +340,8 @@ def _pack_source(name: str, files: list[Path], batch_size: int, phase: int, dtyp
     pending: collections.deque = collections.deque()
     progress = tqdm(desc=f"tokenize+pack {name}", unit="doc", mininterval=5, file=sys.stderr)
     try:
-        for lines, first_index, first_line, file in _batches(files, batch_size):
+        for lines, first_index, first_line, file in _batches(files, pack.encode_batch_size,
+                                                             pack.encode_batch_bytes):
             arguments = (lines, first_index, first_line, file, phase)
             if pool is None:
                 write(pack_worker.encode_batch(*arguments))

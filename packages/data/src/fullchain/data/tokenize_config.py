@@ -125,7 +125,10 @@ class PackConfig:
     append_eod: bool = True
     """Append the end-of-document token to every document."""
     encode_batch_size: int = field(default=2000, metadata={"hash": False})
-    """Documents per batch handed to a worker process (throughput only)."""
+    """Most documents per batch handed to a worker process (throughput only)."""
+    encode_batch_bytes: int = field(default=2_000_000, metadata={"hash": False})
+    """Most raw JSON bytes per batch: bounds a worker's memory (an Encoding holds ~100 bytes
+    per token) whatever the document length (throughput only)."""
     min_document_tokens: int = 1
     """Documents with fewer tokens (before EOD) are skipped and counted in the metrics."""
 
@@ -150,5 +153,7 @@ class PackConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not one of auto, uint16, int32")
         if self.encode_batch_size < 1:
             raise ValueError(f"encode_batch_size: must be >= 1, got {self.encode_batch_size}")
+        if self.encode_batch_bytes < 1:
+            raise ValueError(f"encode_batch_bytes: must be >= 1, got {self.encode_batch_bytes}")
         if self.min_document_tokens < 0:
             raise ValueError(f"min_document_tokens: must be >= 0, got {self.min_document_tokens}")
