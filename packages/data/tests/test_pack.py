@@ -236,6 +236,9 @@ def test_bad_line_names_file_and_line(tmp_path, packed):
     with pytest.raises(ValueError, match=r"no_text\.jsonl\.gz:1: .*\"text\""):
         finalize(pretrained, PackConfig(), [("t", 1.0, [no_text])], tmp_path / "p",
                  num_workers=0, seed=0)
+    with pytest.raises(ValueError, match=r"^tokenizer.path: .* inside this step's output"):
+        finalize(pretrained, PackConfig(), [("t", 1.0, [bad])], out, 0, 0)
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
     with pytest.raises(ValueError, match=r"^sources\[0\]: name"):
         finalize(pretrained, PackConfig(), [("../up", 1.0, [no_text])], tmp_path / "q", 0, 0)
 

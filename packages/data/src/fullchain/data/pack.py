@@ -53,6 +53,10 @@ def finalize(tokenizer: TokenizerConfig, pack: PackConfig, sources: Sequence[Sou
     """Tokenizer -> packed splits -> `dataset.json`; returns the metrics (see module doc)."""
     out = Path(out)
     sources = _check_sources(sources)
+    if tokenizer.path is not None and Path(tokenizer.path).resolve().is_relative_to(
+            (out / "tokenizer").resolve()):
+        raise ValueError(f"tokenizer.path: {tokenizer.path} is inside this step's output "
+                         f"{out / 'tokenizer'}, which is rebuilt: copy it elsewhere first")
     for stale in ("tokenizer", "packed", "dataset.json"):
         path = out / stale
         if path.is_dir():
