@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fullchain.data.tokenize_config import PackConfig, TokenizerConfig
 
 WORDS = ("the river carries sand from high mountains to a quiet sea while farmers plant rice "
@@ -244,9 +243,8 @@ def test_bad_line_names_file_and_line(tmp_path, packed):
 
 
 def test_int32_and_short_documents_skipped(tmp_path, packed):
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     from fullchain.data.pack import finalize, resolve_dtype
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     assert resolve_dtype("auto", 65499) == "uint16" and resolve_dtype("auto", 65500) == "int32"
     with pytest.raises(ValueError, match=r"^pack.dtype:"):

@@ -8,7 +8,6 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-
 from fullchain.data.tokenize_config import DEFAULT_SPECIAL_TOKENS, PackConfig, TokenizerConfig
 
 WORDS = ("the river carries sand from high mountains to a quiet sea while farmers plant rice "

@@ -130,7 +130,8 @@ def _check_sources(sources: Sequence[Source]) -> list[Source]:
         try:
             name, weight, files = entry
         except (TypeError, ValueError):
-            raise ValueError(f"sources[{position}]: expected (name, weight, files), got {entry!r}")
+            raise ValueError(
+                f"sources[{position}]: expected (name, weight, files), got {entry!r}") from None
         if not isinstance(name, str) or not _SOURCE_NAME.match(name):
             raise ValueError(f"sources[{position}]: name {name!r} must match {_SOURCE_NAME.pattern}")
         if name in seen:

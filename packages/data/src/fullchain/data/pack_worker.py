@@ -17,8 +17,7 @@ import os
 import unicodedata
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Optional
-
+from typing import Any
 
 SPLITS = ("train", "valid", "test")
 
@@ -68,7 +67,7 @@ def parse_document(line: bytes, where: str) -> dict[str, Any]:
     return record
 
 
-def document_language(record: dict[str, Any]) -> Optional[str]:
+def document_language(record: dict[str, Any]) -> str | None:
     """The ISO 639-1 language recorded by the cleaning step ("zh_Hans" -> "zh"), if any."""
     metadata = record.get("metadata")
     language = metadata.get("language") if isinstance(metadata, dict) else None
@@ -132,7 +131,7 @@ def encode_batch(lines: list[bytes], first_index: int, first_line: int, file: st
 
     texts: list[str] = []
     splits: list[int] = []
-    records: list[Optional[dict[str, Any]]] = []
+    records: list[dict[str, Any] | None] = []
     for offset, line in enumerate(lines):
         if not line.strip():
             continue

@@ -5,7 +5,7 @@ Standard library only, so a spec can be validated without tokenizers/megatron in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 # ChatML turns (`<|im_start|>role\n...<|im_end|>\n`) with Qwen/Hermes-style tool use: the tool
 # schemas go into the system turn inside <tools></tools>, an assistant's call is a JSON object
@@ -70,7 +70,7 @@ DEFAULT_SPECIAL_TOKENS = [
 class TokenizerConfig:
     """Train a byte-level BPE tokenizer on the cleaned corpus, or load an existing one."""
 
-    path: Optional[str] = field(default=None, metadata={"hash": "content"})
+    path: str | None = field(default=None, metadata={"hash": "content"})
     """An existing Hugging Face tokenizer directory to use as is; None = train one."""
     vocab_size: int = 32000
     """Size of the trained vocabulary, special tokens and the 256 byte tokens included."""
@@ -82,7 +82,7 @@ class TokenizerConfig:
     """End-of-document token appended to every packed document; also the HF eos_token."""
     pad_token: str = "<|pad|>"
     """Padding token (HF pad_token)."""
-    bos_token: Optional[str] = None
+    bos_token: str | None = None
     """Beginning-of-sequence token (HF bos_token), None for none (GPT-style)."""
     chat_template: str = CHATML_TOOLS_TEMPLATE
     """Jinja chat template saved with the tokenizer (ChatML turns with tool calls)."""

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fullchain.data.tokenize_config import TokenizerConfig
 
@@ -36,7 +36,7 @@ class TokenizerInfo:
     """Id appended after every document."""
     pad_id: int
     """Padding id (the EOD id when the tokenizer has no pad token)."""
-    bos_id: Optional[int]
+    bos_id: int | None
     """Beginning-of-sequence id, None when the tokenizer has none."""
 
     @property
@@ -147,7 +147,7 @@ def load_backend(path: Path | str):
     return tokenizer
 
 
-def fertility(tokens: int, characters: int) -> Optional[float]:
+def fertility(tokens: int, characters: int) -> float | None:
     """Tokens per character, None without text."""
     return tokens / characters if characters else None
 
