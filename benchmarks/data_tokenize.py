@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000, help="documents per batch")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bars: noise here
 
     from fullchain.data.tokenize_config import TokenizerConfig
     from fullchain.data.tokenizer import save_hf, train_bpe

@@ -120,6 +120,14 @@ def test_chat_template_renders_tool_calls(trained):
     plain = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True)
     assert plain == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    # {% generation %} marks exactly the assistant turns (content, tool call, <|im_end|>).
+    encoded = hf.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
+                                     return_assistant_tokens_mask=True)
+    ids, mask = encoded["input_ids"], encoded["assistant_masks"]
+    trained = hf.decode([i for i, m in zip(ids, mask) if m])
+    assert trained == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "北京"}}\n'
+                       "</tool_call><|im_end|>It is 21 degrees.<|im_end|>")
+
     ids = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     assert ids[0] == hf.convert_tokens_to_ids("<|im_start|>") == 2

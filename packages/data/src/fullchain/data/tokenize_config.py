@@ -12,8 +12,24 @@ from typing import Literal
 # {"name", "arguments"} inside <tool_call></tool_call>, and a tool's answer comes back in a user
 # turn inside <tool_response></tool_response>. `tool_calls` may be OpenAI-shaped
 # ({"type": "function", "function": {...}}) or flat ({"name", "arguments"}); arguments may be a
-# dict or an already-encoded JSON string.
+# dict or an already-encoded JSON string. Assistant turns (content, calls and <|im_end|>) sit in
+# {% generation %} blocks, so `apply_chat_template(..., return_assistant_tokens_mask=True)` marks
+# the tokens an SFT loss should train on.
 CHATML_TOOLS_TEMPLATE = (
+    "{%- macro turn_body(message) %}"
+    "{%- if message.content %}{{- message.content }}{%- endif %}"
+    "{%- if message.tool_calls %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set call = tool_call.function %}"
+    "{%- else %}{%- set call = tool_call %}{%- endif %}"
+    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call.name + '\", \"arguments\": ' }}"
+    "{%- if call.arguments is string %}{{- call.arguments }}"
+    "{%- else %}{{- call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{%- endmacro %}"
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages and messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
@@ -34,19 +50,10 @@ CHATML_TOOLS_TEMPLATE = (
     "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
     "{%- else %}"
     "{{- '<|im_start|>' + message.role + '\\n' }}"
-    "{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- if message.tool_calls %}"
-    "{%- for tool_call in message.tool_calls %}"
-    "{%- if tool_call.function is defined %}{%- set call = tool_call.function %}"
-    "{%- else %}{%- set call = tool_call %}{%- endif %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + call.name + '\", \"arguments\": ' }}"
-    "{%- if call.arguments is string %}{{- call.arguments }}"
-    "{%- else %}{{- call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '<|im_end|>\\n' }}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- generation %}{{- turn_body(message) }}{{- '<|im_end|>' }}{%- endgeneration %}"
+    "{%- else %}{{- turn_body(message) }}{{- '<|im_end|>' }}{%- endif %}"
+    "{{- '\\n' }}"
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
