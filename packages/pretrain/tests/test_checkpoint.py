@@ -2,12 +2,11 @@
 uninterrupted run exactly (CPU, same seed); the checkpoint layout is the documented one."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
 from conftest import TESTS_DIR, clean_env, losses, tiny_config, write_config
 
 ITERS = 8
@@ -49,9 +48,9 @@ def test_sigkill_then_resume_reproduces_final_loss(data_artifact, tmp_path):
 
 
 def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
+    from conftest import run_in_process
     from fullchain.pretrain import checkpoint, distributed
     from fullchain.pretrain.model import build_gpt_model
-    from conftest import run_in_process
 
     cfg = tiny_config(train_iters=2, save_interval=1)
     out = tmp_path / "out"
@@ -69,7 +68,8 @@ def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
         model = build_gpt_model(cfg.model, cfg.parallel, metrics["padded_vocab_size"], cfg.seq_length)
         before = model.embedding.word_embeddings.weight.detach().clone()
         position = checkpoint.load(root / "iter_0000002", model)
-        assert position == {"iteration": 2, "consumed_samples": 2 * cfg.global_batch_size}
+        assert position == {"iteration": 2, "consumed_samples": 2 * cfg.global_batch_size,
+                            "loss": metrics["final_loss"], "val_loss": metrics["val_loss"]}
         assert not model.embedding.word_embeddings.weight.detach().equal(before)
     finally:
         distributed.destroy()

@@ -108,6 +108,7 @@ def test_megatron_ddp_optimizer_schedule_and_checkpoint_on_cpu(tmp_path):
                      gpt.sharded_state_dict(),
                      metadata={"distrib_optim_sharding_type": "dp_reshardable"})}
         dist_checkpointing.save(state, str(tmp_path))
+        assert compat.is_enabled()  # the loop goes on with the shim after checkpoint I/O
         before = {k: v.clone() for k, v in gpt.state_dict().items() if v is not None
                   and torch.is_tensor(v)}
         with torch.no_grad():
@@ -115,10 +116,34 @@ def test_megatron_ddp_optimizer_schedule_and_checkpoint_on_cpu(tmp_path):
                 param.zero_()
         loaded = dist_checkpointing.load({"model": gpt.sharded_state_dict()}, str(tmp_path))
         gpt.load_state_dict(loaded["model"])
+        assert compat.is_enabled()
         for key, value in before.items():
             assert torch.equal(gpt.state_dict()[key], value), key
     finally:
         distributed.destroy()
+
+
+@cpu_only
+def test_dist_checkpointing_calls_give_the_mode_back():
+    """Whatever save/load do to the torch-function mode stack, the caller gets the shim back."""
+    from megatron.core import dist_checkpointing
+
+    compat.enable_cpu_compat()
+    assert dist_checkpointing.save._keeps_cpu_compat_mode
+    assert dist_checkpointing.load._keeps_cpu_compat_mode
+
+    def drops_the_mode():
+        compat._mode.__exit__(None, None, None)
+        assert not compat.is_enabled()
+        return 7
+
+    assert compat._keeping_mode(drops_the_mode)() == 7
+    assert compat.is_enabled()
+    assert torch.zeros(1, device="cuda").device.type == "cpu"
+    compat.enable_cpu_compat()  # idempotent: no second wrapper, no second mode
+    assert dist_checkpointing.save.__wrapped__ is not None
+    assert not getattr(dist_checkpointing.save.__wrapped__, "_keeps_cpu_compat_mode", False)
+    assert len([m for m in compat._active_modes() if isinstance(m, compat._CudaToCpuMode)]) == 1
 
 
 def test_noop_when_cuda_is_present():

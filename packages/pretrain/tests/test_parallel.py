@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import losses, run_in_process, tiny_config, torchrun, write_config
 
 ITERS = 6

@@ -4,7 +4,6 @@ and bad input fails before the first step with a message naming the field or fil
 import json
 
 import pytest
-
 from conftest import losses, run_in_process, tiny_config
 
 

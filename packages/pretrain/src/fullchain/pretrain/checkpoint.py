@@ -15,7 +15,7 @@ import logging
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fullchain.core.artifact import write_json_atomic
 
@@ -32,7 +32,7 @@ def iteration_dir(root: Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
 
 
-def latest_checkpoint(root: Path) -> Optional[tuple[int, Path]]:
+def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
     """(iteration, directory) of the last complete checkpoint under `root`, or None."""
     file = Path(root) / LATEST
     if not file.is_file():
@@ -94,8 +94,11 @@ def _rng_sharded(state: Any):
 
 
 def save(root: Path, iteration: int, model_chunk: Any, optimizer: Any, scheduler: Any,
-         consumed_samples: int) -> Path:
-    """Collective: every rank calls it. Writes iter_N/ then, on rank 0, latest.json."""
+         consumed_samples: int, last_metrics: dict[str, Any] | None = None) -> Path:
+    """Collective: every rank calls it. Writes iter_N/ then, on rank 0, latest.json.
+
+    `last_metrics` ({"loss", "val_loss"} as of this iteration) comes back from `load`: a run
+    resumed with no step left returns them instead of NaN."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
@@ -113,6 +116,7 @@ def save(root: Path, iteration: int, model_chunk: Any, optimizer: Any, scheduler
         "scheduler": scheduler.state_dict(),
         "iteration": iteration,
         "data_position": {"consumed_samples": consumed_samples},
+        "last_metrics": dict(last_metrics or {}),
         "rng": _rng_sharded(_rng_state()),
         "parallel": _layout(),
     }
@@ -191,7 +195,8 @@ def _unshare_steps(inners: list) -> None:
 
 def load(path: Path, model_chunk: Any, optimizer: Any = None, scheduler: Any = None) -> dict[str, Any]:
     """Collective: load a checkpoint saved at any TP/PP/DP into this rank's model (and optimizer,
-    scheduler, RNG when given). Returns {"iteration", "consumed_samples"}."""
+    scheduler, RNG when given). Returns {"iteration", "consumed_samples", "loss", "val_loss"}
+    (the losses as saved; NaN when the checkpoint has none, e.g. an imported one)."""
     import torch
     from megatron.core import dist_checkpointing
 
@@ -219,5 +224,7 @@ def load(path: Path, model_chunk: Any, optimizer: Any = None, scheduler: Any = N
     elif optimizer is not None:
         logger.info("checkpoint %s was saved at %s: resharded, RNG streams re-seeded", path,
                     common.get("parallel"))
+    last = common.get("last_metrics") or {}
     return {"iteration": int(common.get("iteration", 0)),
-            "consumed_samples": int(common.get("data_position", {}).get("consumed_samples", 0))}
+            "consumed_samples": int(common.get("data_position", {}).get("consumed_samples", 0)),
+            "loss": last.get("loss", float("nan")), "val_loss": last.get("val_loss", float("nan"))}

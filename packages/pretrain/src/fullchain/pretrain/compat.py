@@ -12,7 +12,12 @@ default causal mask), `.cuda()` calls, and `param.type() == "torch.cuda.FloatTen
    Megatron's RNG tracker forks and restores the CPU generator state);
 2. pushes a `TorchFunctionMode` that maps every CUDA device argument to the CPU, makes
    `.cuda()` the identity, drops `pin_memory` and reports CPU tensors as `torch.cuda.*Tensor` to
-   `Tensor.type()` (Megatron's optimizer only branches on the dtype part of that string).
+   `Tensor.type()` (Megatron's optimizer only branches on the dtype part of that string);
+3. keeps that mode on the stack across megatron's `dist_checkpointing.save`/`load`: they run
+   torch.distributed.checkpoint planners, spawn/fork writer processes and thread pools, and a
+   training loop must not have to know whether the stack it gets back still holds the mode (an
+   earlier version of the loop re-enabled the shim after every save/load for that reason; with
+   torch 2.13 / megatron-core 0.16.1 the mode was not seen lost again, and the guard makes sure).
 
 FINDINGS.md measured the mode's cost on the ~20M benchmark shape as nothing measurable (kernels
 dominate; the handler is one dict lookup per torch call). It is pushed on the calling thread's
@@ -21,6 +26,7 @@ torch-function mode stack, which is the thread that runs forward and (on CPU) ba
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -65,6 +71,14 @@ def enable_cpu_compat() -> bool:
             _mode.__enter__()
             logger.debug("CPU compatibility mode for megatron-core enabled")
     return True
+
+
+def _reenter_mode() -> None:
+    """Push the shim's mode back if something left this thread's stack without it."""
+    with _lock:
+        if _mode is not None and _mode not in _active_modes():
+            _mode.__enter__()
+            logger.debug("CPU compatibility mode re-entered")
 
 
 def _active_modes() -> list:
@@ -137,14 +151,34 @@ def _megatron_set_cuda_rng_state(new_state: torch.Tensor, device: int = -1,
     torch.set_rng_state(new_state)
 
 
+def _keeping_mode(function: Any) -> Any:
+    """`function`, after which the shim's mode is on the caller's stack as it was before."""
+    if getattr(function, "_keeps_cpu_compat_mode", False):
+        return function
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _reenter_mode()
+
+    wrapper._keeps_cpu_compat_mode = True
+    return wrapper
+
+
 def _patch_megatron() -> None:
     global _patched_megatron
     if _patched_megatron:
         return
+    from megatron.core import dist_checkpointing
     from megatron.core.tensor_parallel import random as mp_random
 
     mp_random._get_cuda_rng_state = _megatron_get_cuda_rng_state
     mp_random._set_cuda_rng_state = _megatron_set_cuda_rng_state
+    # Callers use `dist_checkpointing.save(...)`/`.load(...)` (looked up at call time).
+    dist_checkpointing.save = _keeping_mode(dist_checkpointing.save)
+    dist_checkpointing.load = _keeping_mode(dist_checkpointing.load)
     _patched_megatron = True
 
 

@@ -8,7 +8,7 @@ size or the data artifact (vocabulary, dataset length) are checked in `train.py`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from fullchain.pretrain.model_config import ModelConfig
 
@@ -23,7 +23,7 @@ class ParallelConfig:
     """Ranks that split each layer's matmuls (Megatron TP); must divide heads, groups and ffn."""
     pipeline_parallel_size: int = 1
     """Ranks that split the stack of layers into stages (Megatron PP); must divide num_layers."""
-    data_parallel_size: Optional[int] = None
+    data_parallel_size: int | None = None
     """Model replicas; None = whatever the world gives (world_size / (tp * pp))."""
     sequence_parallel: bool = False
     """Split norms/dropout activations along the sequence over TP ranks (needs TransformerEngine)."""
@@ -97,7 +97,7 @@ class PretrainConfig:
     """Steps of linear warmup from 0 to lr."""
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """Shape of the decay from lr to min_lr after warmup."""
-    lr_decay_iters: Optional[int] = None
+    lr_decay_iters: int | None = None
     """Step at which the decay reaches min_lr; None = train_iters."""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay (not applied to norms)."""
@@ -121,7 +121,7 @@ class PretrainConfig:
     """Validation batches (of global_batch_size samples) per evaluation; 0 = no validation."""
     save_interval: int = 50
     """Save a checkpoint every N steps (and at the end); 0 = only at the end."""
-    init_from_hf: Optional[str] = field(default=None, metadata={"hash": "content"})
+    init_from_hf: str | None = field(default=None, metadata={"hash": "content"})
     """A Hugging Face Llama checkpoint directory to start from (continued pretraining)."""
     export_hf: bool = True
     """After training, write a Hugging Face Llama checkpoint (with the tokenizer) into `hf/`."""
@@ -133,7 +133,7 @@ class PretrainConfig:
     """Weights & Biases logging; offline writes into `wandb/` without network."""
     wandb_project: str = field(default="fullchain", metadata=_NOT_HASHED)
     """W&B project name."""
-    peak_flops: Optional[float] = field(default=None, metadata=_NOT_HASHED)
+    peak_flops: float | None = field(default=None, metadata=_NOT_HASHED)
     """FLOP/s per rank that MFU divides by; None = measured fp32 matmul peak (CPU) / bf16 table (GPU)."""
     num_workers: int = field(default=0, metadata=_NOT_HASHED)
     """DataLoader worker processes per rank (0 = load in the training process)."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class DatasetSpec:
     vocab_size: int
     eod_id: int
     pad_id: int
-    bos_id: Optional[int]
+    bos_id: int | None
     dtype: str
     splits: dict[str, SplitSpec]
 

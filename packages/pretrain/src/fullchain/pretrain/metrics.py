@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def read_metrics(file: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(file).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_loss(metrics_file: Path, png: Path, title: Optional[str] = None) -> None:
+def plot_loss(metrics_file: Path, png: Path, title: str | None = None) -> None:
     """loss.png: training loss per step and validation loss where measured."""
     import matplotlib
 

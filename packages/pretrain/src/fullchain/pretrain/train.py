@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from fullchain.pretrain import checkpoint
 from fullchain.pretrain.config import PretrainConfig
-from fullchain.pretrain.data import (DatasetSpec, batch_iterator, build_datasets,
-                                     check_enough_tokens)
+from fullchain.pretrain.data import DatasetSpec, batch_iterator, build_datasets, check_enough_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +90,17 @@ def train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
 def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
+    from fullchain.pretrain.metrics import MetricsWriter, device_peak_flops, model_flops_per_token
+    from fullchain.pretrain.model import build_gpt_model, causal_attention_mask, resolve_precision
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
-                                           finalize_model_grads)
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from fullchain.pretrain.compat import enable_cpu_compat
-    from fullchain.pretrain.metrics import MetricsWriter, device_peak_flops, model_flops_per_token
-    from fullchain.pretrain.model import build_gpt_model, causal_attention_mask, resolve_precision
 
     rank = dist.get_rank()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -156,10 +157,12 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     config.grad_scale_func = optimizer.scale_loss
 
     iteration, consumed_samples, resumed_from = 0, 0, None
+    # The losses as of the checkpoint: what a resumed run returns if no step is left to take.
+    loss = val_loss = float("nan")
     if resume is not None:
         position = checkpoint.load(resume[1], model, optimizer, scheduler)
-        enable_cpu_compat()
         iteration, consumed_samples = position["iteration"], position["consumed_samples"]
+        loss, val_loss = position["loss"], position["val_loss"]
         resumed_from = iteration
         logger.info("resumed from %s (iteration %d, %d samples consumed)", resume[1], iteration,
                     consumed_samples)
@@ -180,7 +183,7 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     forward_backward = get_forward_backward_func()
     tokens_per_step = cfg.global_batch_size * cfg.seq_length
 
-    def evaluate() -> Optional[float]:
+    def evaluate() -> float | None:
         if valid_dataset is None or eval_samples == 0:
             return None
         for chunk in (ddp_model,):
@@ -199,7 +202,6 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
                                 cfg.micro_batch_size, dp_rank, dp_size, cfg.num_workers)
     ddp_model.train()
     step_times: list[float] = []
-    loss = val_loss = float("nan")
     grad_norm = None
     while iteration < cfg.train_iters:
         start = time.perf_counter()
@@ -242,10 +244,8 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
                             loss, lr, tokens_per_second,
                             f" val_loss {val_loss:.4f}" if "val_loss" in values else "")
         if iteration == cfg.train_iters or (cfg.save_interval and iteration % cfg.save_interval == 0):
-            checkpoint.save(out / "checkpoints", iteration, model, optimizer, scheduler, consumed_samples)
-            # dist_checkpointing leaves torch's function-mode stack without the CPU shim's mode
-            # (no-op with CUDA): push it back before the next step.
-            enable_cpu_compat()
+            checkpoint.save(out / "checkpoints", iteration, model, optimizer, scheduler,
+                            consumed_samples, {"loss": loss, "val_loss": val_loss})
     writer.close()
 
     # Steady-state speed: the first step of a process pays for allocator growth and warm-up.
