@@ -1,11 +1,16 @@
-"""Test helper: run the pretrain stage once, as one rank of a torchrun world or as a plain process.
+"""Test helper: run the pretrain stage as one rank of a torchrun world or as a plain process.
 
-usage: _parallel_worker.py CONFIG_JSON DATA_DIR OUT_DIR [KILL_AT_ITERATION]
-CONFIG_JSON is a PretrainConfig as JSON. Every rank writes OUT_DIR/result_rank{RANK}.json.
-With KILL_AT_ITERATION the process SIGKILLs itself when the loop logs that iteration: a real
-crash mid-run (after any checkpoint before it), not a simulated one.
+    _parallel_worker.py CONFIG_JSON DATA_DIR OUT_DIR [KILL_AT_ITERATION]
+        one stage run; every rank writes OUT_DIR/result_rank{RANK}.json. With KILL_AT_ITERATION
+        the process SIGKILLs itself when the loop logs that iteration: a real crash mid-run
+        (after any checkpoint before it), not a simulated one.
+    _parallel_worker.py --plan PLAN_JSON
+        several jobs in ONE launch (each torchrun launch costs ~15 s of imports on every rank):
+        PLAN_JSON is a list of {"call": "module:function", "args": [...]}, run in order in one
+        process group; `module` is found next to this file (the test modules).
 """
 
+import importlib
 import json
 import logging
 import os
@@ -24,20 +29,43 @@ class _KillAt(logging.Handler):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main() -> None:
+def run_stage(config_json: str, data_dir: str, out_dir: str) -> None:
+    """One stage run; every rank writes OUT_DIR/result_rank{RANK}.json."""
     from fullchain.core.artifact import Artifact
     from fullchain.pretrain import PretrainConfig, run
 
-    config_json, data_dir, out_dir = sys.argv[1:4]
-    logging.basicConfig(level=logging.INFO)
-    if len(sys.argv) > 4:
-        logging.getLogger("fullchain.pretrain.train").addHandler(_KillAt(int(sys.argv[4])))
     cfg = PretrainConfig(**json.loads(Path(config_json).read_text()))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = run(cfg, {"data": Artifact.load(data_dir)}, out)
     rank = int(os.environ.get("RANK", "0"))
     (out / f"result_rank{rank}.json").write_text(json.dumps(metrics))
+
+
+def run_plan(plan_json: str) -> None:
+    import torch.distributed as dist
+
+    # One process group for every job: the stage and the test helpers reuse an existing one
+    # (distributed.initialize) and leave it alive (distributed.destroy tears down only its own).
+    dist.init_process_group("gloo")
+    try:
+        for job in json.loads(Path(plan_json).read_text()):
+            module, function = job["call"].split(":")
+            logging.getLogger(__name__).info("job %s", job["call"])
+            getattr(importlib.import_module(module), function)(*job["args"])
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    if sys.argv[1] == "--plan":
+        run_plan(sys.argv[2])
+        return
+    config_json, data_dir, out_dir = sys.argv[1:4]
+    if len(sys.argv) > 4:
+        logging.getLogger("fullchain.pretrain.train").addHandler(_KillAt(int(sys.argv[4])))
+    run_stage(config_json, data_dir, out_dir)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,38 @@ def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.Complet
     return proc
 
 
+# Every multi-rank check shares ONE 2-rank torchrun launch (`parallel_runs`): a launch costs
+# ~15 s of imports on each rank before any work, several times what the tiny runs take.
+PARALLEL_ITERS = 6
+PARALLEL_HALF = PARALLEL_ITERS // 2
+PARALLEL_LAYOUTS = {"tp2": {"tensor_parallel_size": 2}, "pp2": {"pipeline_parallel_size": 2},
+                    "dp2": {"data_parallel_size": 2}}
+
+
+@pytest.fixture(scope="session")
+def parallel_runs(data_artifact, tmp_path_factory) -> Path:
+    """One torchrun launch (2 ranks, gloo) doing, in one process group:
+    - stage runs at TP=2, PP=2, DP=2 (`<root>/<layout>/`, metrics.jsonl, result_rank*.json),
+      each saving at PARALLEL_HALF: the TP=2 checkpoint then feeds the TP=2 -> TP=1 reshard test;
+    - test_model's forward/backward at TP=2 and PP=2 (`<root>/layout_tp2pp1.json`, ...);
+    - test_hf's untrained TP=2 model saved in the artifact layout (`<root>/hf_tp2/`)."""
+    root = tmp_path_factory.mktemp("parallel")
+    jobs = []
+    for name, parallel in PARALLEL_LAYOUTS.items():
+        cfg = tiny_config(train_iters=PARALLEL_ITERS, save_interval=PARALLEL_HALF, parallel=parallel)
+        jobs.append({"call": "_parallel_worker:run_stage",
+                     "args": [str(write_config(cfg, root / f"{name}.json")), str(data_artifact),
+                              str(root / name)]})
+    for tp, pp in ((2, 1), (1, 2)):
+        jobs.append({"call": "test_model:layout_job",
+                     "args": [tp, pp, str(root / f"layout_tp{tp}pp{pp}.json")]})
+    jobs.append({"call": "test_hf:save_tp2_checkpoint", "args": [str(root / "hf_tp2")]})
+    plan = root / "plan.json"
+    plan.write_text(json.dumps(jobs, indent=1))
+    torchrun(2, "--plan", str(plan))
+    return root
+
+
 def tiny_config(**overrides):
     """A PretrainConfig small enough for a CPU test (2 layers, hidden 64, GQA, seq 32)."""
     from fullchain.pretrain import ModelConfig, ParallelConfig, PretrainConfig

@@ -12,15 +12,21 @@ from conftest import TESTS_DIR, clean_env, losses, tiny_config, write_config
 ITERS = 8
 
 
-def _worker(cfg_file, data, out, *extra):
-    """Run one plain-python worker; output goes to a file, not a pipe: a SIGKILLed process's
+def _start(cfg_file, data, out, *extra):
+    """Start one plain-python worker; output goes to a file, not a pipe: a SIGKILLed process's
     checkpoint-writer children may outlive it and would hold a pipe open."""
     log = Path(str(out) + f".{len(extra)}.log")
     with log.open("w") as handle:
-        proc = subprocess.run([sys.executable, str(TESTS_DIR / "_parallel_worker.py"), str(cfg_file),
-                               str(data), str(out), *extra], env=clean_env(), stdout=handle,
-                              stderr=subprocess.STDOUT, timeout=300)
-    proc.log = log.read_text()[-3000:]
+        proc = subprocess.Popen([sys.executable, str(TESTS_DIR / "_parallel_worker.py"),
+                                 str(cfg_file), str(data), str(out), *extra], env=clean_env(),
+                                stdout=handle, stderr=subprocess.STDOUT)
+    proc.log_file = log
+    return proc
+
+
+def _finish(proc):
+    proc.wait(timeout=300)
+    proc.log = proc.log_file.read_text()[-3000:]
     return proc
 
 
@@ -28,16 +34,18 @@ def test_sigkill_then_resume_reproduces_final_loss(data_artifact, tmp_path):
     cfg = write_config(tiny_config(train_iters=ITERS, save_interval=3, eval_interval=4),
                        tmp_path / "cfg.json")
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    straight_run = _worker(cfg, data_artifact, straight)
+    # The uninterrupted run and the one killed while logging iteration 5 (checkpoint 3 complete,
+    # 6 never started) are independent: run them side by side (one thread each).
+    straight_run = _start(cfg, data_artifact, straight)
+    killed = _finish(_start(cfg, data_artifact, crashed, "5"))
+    straight_run = _finish(straight_run)
     assert straight_run.returncode == 0, straight_run.log
-    # Killed while logging iteration 5: checkpoints 3 is complete, 6 never started.
-    killed = _worker(cfg, data_artifact, crashed, "5")
     assert killed.returncode == -9, killed.log
     latest = json.loads((crashed / "checkpoints" / "latest.json").read_text())
     assert latest == {"iteration": 3, "path": "iter_0000003"}
     assert not (crashed / "result_rank0.json").exists()
 
-    resumed = _worker(cfg, data_artifact, crashed)
+    resumed = _finish(_start(cfg, data_artifact, crashed))
     assert resumed.returncode == 0, resumed.log
     first = json.loads((straight / "result_rank0.json").read_text())
     second = json.loads((crashed / "result_rank0.json").read_text())

@@ -1,15 +1,12 @@
 """Megatron <-> Hugging Face Llama: logits match, round trips, the CLI on a TP=2 checkpoint.
 
-Run under torchrun (`... test_hf.py CKPT_DIR`) this file is also its own worker: it saves the
-tiny model, built at TP=2, as a dist checkpoint in the pretrain artifact layout.
+`save_tp2_checkpoint` runs inside the shared 2-rank torchrun launch (conftest `parallel_runs`):
+it saves the tiny model, built at TP=2, as a dist checkpoint in the pretrain artifact layout.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +15,6 @@ from fullchain.pretrain.model_config import ModelConfig
 TINY = dict(name="tiny", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
             ffn_hidden_size=128, max_position_embeddings=64, rotary_base=5e5)
 VOCAB, SEQ, SEED = 384, 16, 1234
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _tokens():
@@ -123,30 +113,22 @@ def test_bad_inputs_are_named(single_world, tmp_path):
         load_hf_into(gpt, tmp_path, cfg)
 
 
-def test_cli_export_from_tp2_checkpoint_and_import(tmp_path):
-    """A checkpoint saved at TP=2 exports through the CLI with logits equal to the TP=1 model."""
+def test_cli_export_from_tp2_checkpoint_and_import(parallel_runs, tmp_path):
+    """A checkpoint saved at TP=2 exports through the CLI with logits equal to the TP=1 model.
+
+    The CLI runs in-process here; test_stage covers `python -m fullchain.pretrain.hf export` as
+    the subprocess the stage starts."""
     import torch
     from fullchain.pretrain import distributed
     from fullchain.pretrain.config import ParallelConfig
-    from fullchain.pretrain.model import build_gpt_model
-
-    artifact = tmp_path / "pretrain"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         __file__, str(artifact)], env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-
-    cli = [sys.executable, "-m", "fullchain.pretrain.hf"]
-    proc = subprocess.run(cli + [
-        "export", "--checkpoint", str(artifact / "checkpoints"), "--model-config",
-        str(artifact / "model.json"), "--seq-length", str(SEQ), "--tokenizer",
-        str(_tokenizer(tmp_path / "tok")), "--out", str(tmp_path / "hf")],
-        env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    # The same CLI in-process (one subprocess above already covers `python -m`).
     from fullchain.pretrain.hf import main
+    from fullchain.pretrain.model import build_gpt_model
     from megatron.core import dist_checkpointing
 
+    artifact = parallel_runs / "hf_tp2"
+    main(["export", "--checkpoint", str(artifact / "checkpoints"), "--model-config",
+          str(artifact / "model.json"), "--seq-length", str(SEQ), "--tokenizer",
+          str(_tokenizer(tmp_path / "tok")), "--out", str(tmp_path / "hf")])
     main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")])
 
     parallel = ParallelConfig()
@@ -170,8 +152,8 @@ def test_cli_export_from_tp2_checkpoint_and_import(tmp_path):
         main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")])
 
 
-def _save_tp2_checkpoint(artifact: Path) -> None:
-    """Worker: the pretrain artifact layout (model.json, checkpoints/iter_*, latest.json) at TP=2."""
+def save_tp2_checkpoint(artifact: str) -> None:
+    """A job of the shared 2-rank launch (conftest `parallel_runs`): the pretrain artifact layout (model.json, checkpoints/iter_*, latest.json) at TP=2."""
     import dataclasses
 
     import torch
@@ -180,6 +162,7 @@ def _save_tp2_checkpoint(artifact: Path) -> None:
     from fullchain.pretrain.model import build_gpt_model
     from megatron.core import dist_checkpointing
 
+    artifact = Path(artifact)
     parallel = ParallelConfig(tensor_parallel_size=2)
     distributed.initialize(parallel, seed=SEED)
     cfg = ModelConfig(**TINY)
@@ -195,7 +178,3 @@ def _save_tp2_checkpoint(artifact: Path) -> None:
         (artifact / "checkpoints" / "latest.json").write_text(
             json.dumps({"iteration": 1, "path": iteration.name}))
     distributed.destroy()
-
-
-if __name__ == "__main__":
-    _save_tp2_checkpoint(Path(sys.argv[1]))

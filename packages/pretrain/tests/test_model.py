@@ -1,8 +1,8 @@
 """The model level: ModelConfig checks, the TransformerConfig translation, GPTModel build.
 
-Run as a script under torchrun (`python -m torch.distributed.run ... test_model.py TP PP OUT`)
-this file is also its own worker: it writes the per-token losses and the gradient norm of the
-tiny model at that layout, which the layout test compares with TP=1, PP=1.
+`layout_job` runs inside the shared 2-rank torchrun launch (conftest `parallel_runs`): it writes
+the per-token losses and the gradient norm of the tiny model at TP=2 and at PP=2, which the
+layout test compares with TP=1, PP=1.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -266,29 +264,19 @@ def _layout_result(tp: int, pp: int) -> dict:
     return {"losses": losses.flatten().tolist(), "grad_norm": math.sqrt(squares.item())}
 
 
-def test_tensor_and_pipeline_parallel_match_single_process(tmp_path):
-    import torch
-    from fullchain.pretrain import distributed
-
-    reference = _layout_result(1, 1)
-    distributed.destroy()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    for tp, pp in ((2, 1), (1, 2)):
-        out = tmp_path / f"tp{tp}pp{pp}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", __file__, str(tp), str(pp), str(out)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-6000:]
-        result = json.loads(out.read_text())
-        torch.testing.assert_close(torch.tensor(result["losses"]),
-                                   torch.tensor(reference["losses"]), rtol=1e-5, atol=1e-5)
-        assert result["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
-
-
-if __name__ == "__main__":
-    tensor_parallel_size, pipeline_parallel_size, out_file = sys.argv[1:4]
-    result = _layout_result(int(tensor_parallel_size), int(pipeline_parallel_size))
+def layout_job(tp: int, pp: int, out_file: str) -> None:
+    """A job of the shared 2-rank launch (conftest `parallel_runs`): rank 0 writes the result."""
+    result = _layout_result(tp, pp)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(out_file).write_text(json.dumps(result))
+
+
+@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_tensor_and_pipeline_parallel_match_single_process(tp, pp, parallel_runs):
+    import torch
+
+    reference = _layout_result(1, 1)
+    result = json.loads((parallel_runs / f"layout_tp{tp}pp{pp}.json").read_text())
+    torch.testing.assert_close(torch.tensor(result["losses"]),
+                               torch.tensor(reference["losses"]), rtol=1e-5, atol=1e-5)
+    assert result["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
