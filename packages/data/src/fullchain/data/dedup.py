@@ -26,9 +26,9 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
-from datatrove.utils.text import simplify_text
 
 from fullchain.data.clean import CJK_CLASS
+from fullchain.data.fastfilters import simplify_text
 
 # one token per CJK character, one per run of other letters/digits
 TOKEN = re.compile(f"[{CJK_CLASS}]|[^\\W_{CJK_CLASS}]+")
