@@ -107,12 +107,15 @@ def parallel_runs(data_artifact, tmp_path_factory) -> Path:
     """One torchrun launch (2 ranks, gloo) doing, in one process group:
     - stage runs at TP=2, PP=2, DP=2 (`<root>/<layout>/`, metrics.jsonl, result_rank*.json),
       each saving at PARALLEL_HALF: the TP=2 checkpoint then feeds the TP=2 -> TP=1 reshard test;
+      the DP=2 run exports to HF (the export subprocess started under torchrun);
     - test_model's forward/backward at TP=2 and PP=2 (`<root>/layout_tp2pp1.json`, ...);
     - test_hf's untrained TP=2 model saved in the artifact layout (`<root>/hf_tp2/`)."""
     root = tmp_path_factory.mktemp("parallel")
     jobs = []
     for name, parallel in PARALLEL_LAYOUTS.items():
-        cfg = tiny_config(train_iters=PARALLEL_ITERS, save_interval=PARALLEL_HALF, parallel=parallel)
+        # dp2 also exports: rank 0 starts the HF export subprocess from inside torchrun.
+        cfg = tiny_config(train_iters=PARALLEL_ITERS, save_interval=PARALLEL_HALF, parallel=parallel,
+                          export_hf=name == "dp2")
         jobs.append({"call": "_parallel_worker:run_stage",
                      "args": [str(write_config(cfg, root / f"{name}.json")), str(data_artifact),
                               str(root / name)]})

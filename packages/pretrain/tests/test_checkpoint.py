@@ -2,6 +2,8 @@
 uninterrupted run exactly (CPU, same seed); the checkpoint layout is the documented one."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +19,21 @@ def _start(cfg_file, data, out, *extra):
     checkpoint-writer children may outlive it and would hold a pipe open."""
     log = Path(str(out) + f".{len(extra)}.log")
     with log.open("w") as handle:
+        # Its own process group: the checkpoint writer's multiprocessing Manager (a spawned
+        # server, ~280 MB) outlives a SIGKILLed parent, and is killed with the group below.
         proc = subprocess.Popen([sys.executable, str(TESTS_DIR / "_parallel_worker.py"),
                                  str(cfg_file), str(data), str(out), *extra], env=clean_env(),
-                                stdout=handle, stderr=subprocess.STDOUT)
+                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     proc.log_file = log
     return proc
 
 
 def _finish(proc):
     proc.wait(timeout=300)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the worker's group: orphans
+    except ProcessLookupError:
+        pass
     proc.log = proc.log_file.read_text()[-3000:]
     return proc
 

@@ -28,6 +28,11 @@ def test_parallel_matches_single_process(layout, reference, parallel_runs):
         assert result["final_loss"] == pytest.approx(got[-1])
         assert result["world_size"] == 2
     assert result["data_parallel_size"] == (2 if layout == "dp2" else 1)
+    if layout == "dp2":
+        # The export subprocess from rank 0 of a torchrun world forms its own one-process world
+        # (torchrun's TORCHELASTIC_USE_AGENT_STORE once made it wait 30 min for a store).
+        assert json.loads((out / "result_rank0.json").read_text())["hf_dir"] == "hf"
+        assert (out / "hf" / "model.safetensors").is_file()
 
 
 def test_tp2_checkpoint_resumes_at_tp1(reference, parallel_runs, data_artifact, tmp_path):

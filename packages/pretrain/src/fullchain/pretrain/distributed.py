@@ -66,6 +66,9 @@ def initialize(parallel: Any, seed: int) -> None:
             os.environ["RANK"] = "0"
             os.environ["WORLD_SIZE"] = "1"
             os.environ.setdefault("LOCAL_RANK", "0")
+            # Inherited from a torchrun parent, this makes rank 0 wait for torchrun's store
+            # instead of hosting its own on MASTER_PORT: a silent 30-minute hang.
+            os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))

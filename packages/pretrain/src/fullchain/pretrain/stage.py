@@ -26,8 +26,16 @@ from fullchain.pretrain.config import PretrainConfig
 logger = logging.getLogger(__name__)
 
 # torchrun's variables must not leak into the single-process export (it forms its own world).
-_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-             "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+# TORCHELASTIC_USE_AGENT_STORE=True in particular makes rank 0 a client of torchrun's store
+# instead of hosting its own: the export then waits for a store that never comes (30 min).
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+             "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR",
+             "MASTER_PORT")
+
+
+def _single_process_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k not in _DIST_ENV and not k.startswith("TORCHELASTIC_")}
 
 
 def _rank() -> int:
@@ -72,7 +80,7 @@ def export_hf(out: Path, tokenizer_dir: Path, vocab_size: int, seq_length: int) 
     hf_dir = out / "hf"
     if hf_dir.exists():  # leftover of an interrupted export
         shutil.rmtree(hf_dir)
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = _single_process_env()
     cmd = [sys.executable, "-m", "fullchain.pretrain.hf", "export", "--checkpoint", str(latest[1]),
            "--model-config", str(out / "model.json"), "--vocab-size", str(vocab_size),
            "--seq-length", str(seq_length), "--tokenizer", str(tokenizer_dir), "--out", str(hf_dir)]
