@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import platform
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from fullchain.core.artifact import Artifact, write_json_atomic
@@ -43,6 +45,12 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> None:
                  "(started by `fullchain run`; not meant to be called by hand)")
     request = json.loads(Path(argv[0]).read_text())
     rank = int(os.environ.get("RANK", "0"))
+    # This is the process entry point, so logging is configured here (never at import): the
+    # stage's log lines land in logs/stderr.log and feed the runner's progress line.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    # torch.distributed repeats the same deprecation warning every step: show it once.
+    warnings.filterwarnings("once", category=FutureWarning)
     module = importlib.import_module(request["module"])
     config_module, _, class_name = request["config_class"].partition(":")
     cls = getattr(importlib.import_module(config_module), class_name)
