@@ -5,14 +5,13 @@ import json
 import random
 
 import pytest
+from conftest import CHINESE, ENGLISH, SHARED_DATA
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 from datatrove.utils.text import DEF_TEXT_NORM_CONFIG, TextNormConfig
 from datatrove.utils.text import simplify_text as datatrove_simplify
 from fullchain.data.clean import _word_tokenizer
 from fullchain.data.fastfilters import FastGopherQualityFilter, FastGopherRepetitionFilter, simplify_text
-
-from conftest import CHINESE, ENGLISH, SHARED_DATA
 
 
 def edge_documents() -> list[str]:

@@ -192,9 +192,8 @@ class LanguageFilter(SourceFilter):
     @property
     def identifier(self):
         if self._identifier is None:
-            from langid.langid import LanguageIdentifier, model
-
             from fullchain.data.fastfilters import freeze_heap
+            from langid.langid import LanguageIdentifier, model
 
             self._identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
             freeze_heap()  # the model's arrays and dicts live as long as the worker
@@ -283,7 +282,11 @@ class QualityFilter(SourceFilter):
     def _language_filters(self, language: str) -> list:
         """datatrove filter objects for a language (built lazily inside the worker process)."""
         if language not in self._filters:
-            from fullchain.data.fastfilters import FastGopherQualityFilter, FastGopherRepetitionFilter, freeze_heap
+            from fullchain.data.fastfilters import (
+                FastGopherQualityFilter,
+                FastGopherRepetitionFilter,
+                freeze_heap,
+            )
 
             key = "zh" if language == "zh" else "en"
             params = self.gopher_params[key]

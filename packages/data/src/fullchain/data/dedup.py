@@ -86,7 +86,7 @@ class MinhashSignatureStep(MinhashDedupSignature):
 
 
 class RankReader(JsonlReader):
-    """Read back exactly the file this rank wrote in pipeline 1 (`<rank>.jsonl.gz`), if any.
+    """Read back exactly the file this rank wrote in pipeline 1 (`<rank>.jsonl`), if any.
 
     datatrove's JsonlReader shards a file listing by rank, which would shift whenever one task
     wrote no file; reading by name keeps the document order the signatures were computed on."""
@@ -94,7 +94,7 @@ class RankReader(JsonlReader):
     name = "fullchain rank reader"
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        filename = f"{rank:05d}.jsonl.gz"
+        filename = f"{rank:05d}.jsonl"
         if self.data_folder.isfile(filename):
             for doc in self.read_file(filename):
                 self.update_doc_stats(doc)

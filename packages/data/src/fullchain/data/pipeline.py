@@ -3,7 +3,7 @@
 Four pipelines, in order (each one's tasks see what the previous ones wrote under `work/`):
 
   1. clean    (tasks)        read -> tally raw -> normalise -> PII -> language -> quality
-                             -> write filtered/<rank>.jsonl.gz -> exact + MinHash signatures
+                             -> write filtered/<rank>.jsonl -> exact + MinHash signatures
   2. buckets  (num_buckets)  MinHash LSH buckets: candidate duplicate pairs
   3. cluster  (1)            exact duplicate finder, MinHash clustering
   4. final    (tasks)        read filtered/<rank> -> dedup filter -> decontaminate -> tally final
@@ -68,7 +68,8 @@ def build_pipelines(cfg: DataConfig, units: list[dict], work: Path, with_deconta
         QualityFilter(min_chars=quality.min_chars, max_chars=quality.max_chars,
                       gopher={"en": asdict(quality.en), "zh": asdict(quality.zh)},
                       repetition=asdict(quality.repetition), code=asdict(quality.code)),
-        JsonlWriter(str(dirs["filtered"]), output_filename="${rank}.jsonl.gz"),
+        # an intermediate read back once by the final pipeline, then deleted: not worth gzip's CPU
+        JsonlWriter(str(dirs["filtered"]), output_filename="${rank}.jsonl", compression=None),
     ]
     if cfg.dedup.exact:
         clean.append(ExactSignatureStep(str(dirs["exact_sigs"]), config=exact_config()))
