@@ -5,7 +5,7 @@ retry, which is cheap next to cleaning and keeps the output byte-identical):
 
     tokenizer/                    Hugging Face tokenizer (AutoTokenizer.from_pretrained)
     packed/<source>/<split>.bin   token ids, one document per sequence, EOD appended
-    packed/<source>/<split>.idx   megatron-core index (written by fullchain.data.indexed)
+    packed/<source>/<split>.idx   megatron-core index (IndexedDatasetBuilder)
     dataset.json                  what the pretrain stage reads (schema in `dataset_json`)
 
 Determinism: a document's split depends only on its index in its source and the seed
@@ -219,14 +219,17 @@ def pack_sources(info: TokenizerInfo, pack: PackConfig, sources: Sequence[Source
     }
     results: dict[str, Any] = {"tokens": {}, "documents": {}, "skipped": {}, "splits": {},
                                "text_bytes": 0, "held_out": {}}
-    # Fixed start-up cost, reported apart: the workers' start. (megatron-core is not imported:
-    # `indexed.IndexedWriter` writes its format; the import alone took 5-9 s here.)
+    # Fixed start-up cost, reported apart: megatron-core's import (3-9 s on 2 cores: it pulls in
+    # torch and megatron.core; its IndexedDatasetBuilder is the format's reference writer, so
+    # we pay it rather than keep a copy of the format) and the workers' start.
     setup_started = time.perf_counter()
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: F401
+
     pool = None
     if num_workers > 0:
         import multiprocessing
 
-        # spawn: the main process may hold torch (imported by a caller) and tokenizers' thread pool;
+        # spawn: the main process holds torch (megatron) and possibly tokenizers' thread pool;
         # forking either is unsafe. Workers import only numpy + tokenizers.
         with _single_threaded_children():
             pool = multiprocessing.get_context("spawn").Pool(
@@ -312,12 +315,12 @@ def _batches(files: list[Path], size: int,
 def _pack_source(name: str, files: list[Path], pack: PackConfig, phase: int, dtype: str,
                  directory: Path, pool, window: int) -> dict[str, Any]:
     import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
     from tqdm import tqdm
 
-    from fullchain.data.indexed import IndexedWriter
-
     directory.mkdir(parents=True, exist_ok=True)
-    builders = [IndexedWriter(directory / f"{split}.bin", dtype) for split in SPLITS]
+    builders = [IndexedDatasetBuilder(str(directory / f"{split}.bin"), dtype=np.dtype(dtype).type)
+                for split in SPLITS]
     documents = [0, 0, 0]
     tokens = [0, 0, 0]
     stats: dict[str, Any] = {"skipped": 0, "text_bytes": 0, "held_out": {}}
@@ -325,7 +328,10 @@ def _pack_source(name: str, files: list[Path], pack: PackConfig, phase: int, dty
     def write(result: pack_worker.BatchResult) -> None:
         for split, builder in enumerate(builders):
             ids = np.frombuffer(result.ids[split], dtype=dtype)
-            builder.add_documents(ids, result.lengths[split])
+            position = 0
+            for length in result.lengths[split]:
+                builder.add_document(ids[position:position + length], [length])
+                position += length
             documents[split] += len(result.lengths[split])
             tokens[split] += int(ids.size)
         stats["skipped"] += result.skipped
