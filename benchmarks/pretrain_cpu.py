@@ -6,11 +6,15 @@ Ours: `fullchain.pretrain.run` on a packed dataset of random tokens: megatron-co
 Megatron DDP, `get_megatron_optimizer` (distributed optimizer), the pipeline schedule, behind
 the CPU compatibility shim.
 
-Equal conditions: one process (so the same threads, the same `MALLOC_TOP_PAD_`, set by re-exec
-before torch loads), windows interleaved A B B A ... so that drift and other jobs on the machine
-hit both sides alike; every window builds its model and optimizer afresh and drops its first
-`--warmup` steps (allocator growth, first-touch page faults); per-step times come from the same
-clocks (wall and process CPU time, marked after each baseline step and, for ours, when the
+Equal conditions: one run of this script, the same threads and `MALLOC_TOP_PAD_` (set by
+re-exec before torch loads) for both sides; windows interleaved A B B A ... so that drift and
+other jobs on the machine hit both sides alike; every window is a FRESH process of this script
+(`--window`) that builds its model and optimizer and drops its first `--warmup` steps (allocator
+growth, first-touch page faults). Fresh processes, because sharing one is not neutral: in a
+process where the stage has trained, the HF loop then runs ~15% slower (1,850 -> 1,550 tokens/s,
+3x the page faults, ~4,000 voluntary context switches per step instead of ~10; not the CPU shim's
+mode, not the checkpoint save, not distributed init or model build; cause not found yet).
+Per-step times come from the same clocks (wall and process CPU time, marked after each baseline step and, for ours, when the
 stage's loop logs the step: its whole loop, not only its own `step_time`). MFU =
 (6 x matmul weights + 12 x layers x hidden x seq) FLOPs/token against this process's measured fp32
 `torch.mm` peak, taken before and after. Prints the median of each side and their ratio (goal
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -148,6 +153,30 @@ def ours_window(steps: int, warmup: int, seed: int, data: Path, workdir: Path,
     return _per_step(handler.marks, warmup)
 
 
+def _window_in_fresh_process(side: str, args: argparse.Namespace, seed: int, data: Path,
+                             workdir: Path, peak: float, threads: int) -> tuple[float, float]:
+    cmd = [sys.executable, __file__, "--window", side, "--seed", str(seed), "--data", str(data),
+           "--workdir", str(workdir), "--peak", str(peak), "--threads", str(threads),
+           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{side} window failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["wall"], result["cpu"]
+
+
+def _window_main(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.window == "baseline":
+        wall, cpu = baseline_window(args.steps, args.warmup, args.seed)
+    else:
+        wall, cpu = ours_window(args.steps, args.warmup, args.seed, Path(args.data),
+                                Path(args.workdir), args.peak)
+    print(json.dumps({"wall": wall, "cpu": cpu}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per window")
@@ -155,8 +184,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of (baseline, ours, ours, baseline) windows")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    # One timed window in this (fresh) process; used by the main run.
+    parser.add_argument("--window", choices=["baseline", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--peak", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     _reexec_with_malloc_pad()
+    if args.window:
+        _window_main(args)
+        return
     import torch
     from fullchain.pretrain.metrics import measure_peak_flops, model_flops_per_token
 
@@ -186,14 +224,10 @@ def main() -> None:
             order += ["baseline", "ours", "ours", "baseline"] if r % 2 == 0 else \
                      ["ours", "baseline", "baseline", "ours"]
         for index, side in enumerate(order):
-            seed = index
-            if side == "baseline":
-                wall, cpu = baseline_window(args.steps, args.warmup, seed)
-            else:
-                wall, cpu = ours_window(args.steps, args.warmup, seed, data, Path(tmp), peak_before)
+            wall, cpu = _window_in_fresh_process(side, args, index, data, Path(tmp), peak_before,
+                                                 threads)
             results[side].append(tokens_per_step / wall)
             cpu_results[side].append(tokens_per_step / cpu)
-            assert torch.get_num_threads() == threads, "a side changed the thread count"
             print(f"  window {index + 1}/{len(order)} {side:8s} {tokens_per_step / wall:7,.0f} "
                   f"tokens/s ({wall:.3f} s/step wall, {cpu:.3f} s CPU, load "
                   f"{os.getloadavg()[0]:.2f})", flush=True)
