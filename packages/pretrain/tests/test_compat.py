@@ -146,6 +146,30 @@ def test_dist_checkpointing_calls_give_the_mode_back():
     assert len([m for m in compat._active_modes() if isinstance(m, compat._CudaToCpuMode)]) == 1
 
 
+@cpu_only
+def test_one_rank_bucket_collectives_stay_local():
+    """The distributed optimizer's reduce-scatter/all-gather in a 1-rank group skip gloo (the
+    DP=2 run in test_parallel covers the real collective path against these)."""
+    from fullchain.pretrain import distributed
+    from fullchain.pretrain.config import ParallelConfig
+    from megatron.core.distributed import param_and_grad_buffer
+
+    compat.enable_cpu_compat()
+    assert param_and_grad_buffer.dist_reduce_scatter_func._local_when_alone
+    assert param_and_grad_buffer.dist_all_gather_func._local_when_alone
+    calls = []
+    local = compat._local_when_alone(lambda *args, **kwargs: calls.append(args))
+    distributed.initialize(ParallelConfig(), seed=0)
+    try:
+        buffer = torch.arange(6.0)
+        assert local(buffer, buffer, group=None) is None and buffer.tolist() == list(range(6))
+        out = torch.zeros(6)
+        assert local(out, buffer, group=None, async_op=True).wait()
+        assert torch.equal(out, buffer) and calls == []
+    finally:
+        distributed.destroy()
+
+
 def test_noop_when_cuda_is_present():
     """With CUDA reported available, nothing is patched and no mode is pushed (fresh process)."""
     script = textwrap.dedent("""
