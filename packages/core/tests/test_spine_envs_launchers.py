@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CONF, fullchain
+from spine_testing import CONF, fullchain
 from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import env_for_stage, sync_commands
 from fullchain.core.launchers import LauncherConfig, slurm_script, step_command

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONF, fullchain, spec_for
+from spine_testing import CONF, fullchain, spec_for
 from fullchain.core import runner
 from fullchain.core.artifact import ArtifactError
 

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import spec_for
+from spine_testing import spec_for
 from fullchain.core import runner
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import pytest
-from conftest import CHINESE, ENGLISH
+from data_testing import CHINESE, ENGLISH
 from datatrove.data import Document
 
 from fullchain.data.clean import LanguageFilter, Normalize, PiiScrubber, QualityFilter, Tally

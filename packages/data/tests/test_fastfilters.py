@@ -5,7 +5,7 @@ import json
 import random
 
 import pytest
-from conftest import CHINESE, ENGLISH, SHARED_DATA
+from data_testing import CHINESE, ENGLISH, SHARED_DATA
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 from datatrove.utils.text import DEF_TEXT_NORM_CONFIG, TextNormConfig

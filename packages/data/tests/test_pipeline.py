@@ -7,7 +7,7 @@ import gzip
 import json
 from pathlib import Path
 
-from conftest import CHINESE, prose, write_jsonl
+from data_testing import CHINESE, prose, write_jsonl
 
 from fullchain.data.config import (BenchmarkConfig, DataConfig, DecontaminationConfig, QualityConfig,
                                    SourceConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from conftest import ENGLISH, write_jsonl
+from data_testing import ENGLISH, write_jsonl
 
 from fullchain.data.config import SourceConfig
 from fullchain.data.sources import SourceError, SourceReader, plan_sources, read_all, stdlib_files

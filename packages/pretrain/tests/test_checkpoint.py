@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR, clean_env, losses, tiny_config, write_config
+from pretrain_testing import TESTS_DIR, clean_env, losses, tiny_config, write_config
 
 ITERS = 8
 
@@ -64,7 +64,7 @@ def test_sigkill_then_resume_reproduces_final_loss(data_artifact, tmp_path):
 
 
 def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
-    from conftest import run_in_process
+    from pretrain_testing import run_in_process
     from fullchain.pretrain import checkpoint, distributed
     from fullchain.pretrain.model import build_gpt_model
 

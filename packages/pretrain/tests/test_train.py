@@ -4,7 +4,7 @@ and bad input fails before the first step with a message naming the field or fil
 import json
 
 import pytest
-from conftest import losses, run_in_process, tiny_config
+from pretrain_testing import losses, run_in_process, tiny_config
 
 
 def test_loss_falls_and_metrics_are_written(data_artifact, tmp_path):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CHINESE, prose, write_jsonl
+from data_testing import CHINESE, prose, write_jsonl
 
 from fullchain.data import DataConfig, SourceConfig, run
 from fullchain.data.config import QualityConfig

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import losses, run_in_process, tiny_config
+from pretrain_testing import losses, run_in_process, tiny_config
 
 ITERS = 30
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak."
