@@ -144,12 +144,20 @@ def to_transformer_config(model: ModelConfig, parallel: Any, precision: str = "f
 
 
 def layer_spec(config: Any):
-    """TransformerEngine layer spec when TE imports and CUDA is present, megatron's local spec otherwise."""
+    """TransformerEngine layer spec when TE imports and CUDA is present, megatron's local spec otherwise.
+
+    The local spec's core attention is swapped for `attention.SDPACoreAttention` (torch's fused
+    scaled_dot_product_attention; megatron's own `DotProductAttention` materialises the scores
+    and the masked softmax, ~10% slower per training step on CPU). Same function, same weights.
+    """
+    from fullchain.pretrain.attention import SDPACoreAttention
     from megatron.core.models.gpt import gpt_layer_specs
 
     if transformer_engine_available():
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    return spec
 
 
 def build_gpt_model(model: ModelConfig, parallel: Any, vocab_size: int, seq_length: int,
