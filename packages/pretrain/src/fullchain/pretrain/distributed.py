@@ -11,7 +11,6 @@ import datetime
 import logging
 import os
 import random
-import socket
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -29,12 +28,6 @@ def resolve_backend(parallel: Any) -> str:
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend: nccl needs CUDA, and no CUDA device is available (use gloo/auto)")
     return backend
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def initialize(parallel: Any, seed: int) -> None:
@@ -58,20 +51,17 @@ def initialize(parallel: Any, seed: int) -> None:
 
     backend = resolve_backend(parallel)
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            # A one-process world for plain `python` runs and tests; a free port so that parallel
-            # test processes don't collide.
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            os.environ["RANK"] = "0"
-            os.environ["WORLD_SIZE"] = "1"
-            os.environ.setdefault("LOCAL_RANK", "0")
-            # Inherited from a torchrun parent, this makes rank 0 wait for torchrun's store
-            # instead of hosting its own on MASTER_PORT: a silent 30-minute hang.
-            os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        if "RANK" not in os.environ:
+            # A one-process world for plain `python` runs and tests: an in-memory store, no port
+            # and no environment variables set. (Setting MASTER_PORT/RANK here leaked into every
+            # child of the process, e.g. a test's `fullchain run`, whose own one-process world
+            # then tried to listen on the port this process still held: EADDRINUSE.)
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=datetime.timedelta(minutes=30))
+        else:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
         _INITIALIZED_PROCESS_GROUP = True
     elif dist.get_world_size() != world_size:
         world_size = dist.get_world_size()
