@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Optional
+from abc import abstractmethod
+from typing import Callable, Optional
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -34,24 +35,18 @@ def language_of_text(text: str) -> Optional[str]:
     return None
 
 
-class SourceFilter(PipelineStep):
-    """A filter that records per-source documents/characters in and out and the drop reasons.
+class TallyingStep(PipelineStep):
+    """A step that drops documents and records, per source, documents/characters in and out and
+    the drop reasons (the stats the data card reads)."""
 
-    Subclasses implement `check(doc) -> None` (keep) or a short reason string (drop); they may
-    modify `doc.text` in place (then `chars_out` says by how much)."""
-
-    type = "🔻 - FILTER"
-
-    def check(self, doc: Document) -> Optional[str]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        for doc in data:
+    def tally(self, data: DocumentsPipeline,
+              decide: Callable[[int, Document], Optional[str]]) -> DocumentsPipeline:
+        """Yield the documents `decide(index, doc)` keeps (None); count the others by reason."""
+        for index, doc in enumerate(data):
             source = doc.metadata.get("source", "?")
             self.stat_update(f"in/{source}")
             self.stat_update(f"chars_in/{source}", value=len(doc.text))
-            with self.track_time():
-                reason = self.check(doc)
+            reason = decide(index, doc)
             if reason is not None:
                 self.stat_update(f"dropped/{source}/{reason}")
                 self.stat_update(f"chars_dropped/{source}", value=len(doc.text))
@@ -59,6 +54,26 @@ class SourceFilter(PipelineStep):
             self.stat_update(f"out/{source}")
             self.stat_update(f"chars_out/{source}", value=len(doc.text))
             yield doc
+
+
+class SourceFilter(TallyingStep):
+    """A filter deciding document by document.
+
+    Subclasses implement `check(doc) -> None` (keep) or a short reason string (drop); they may
+    modify `doc.text` in place (then `chars_out` says by how much)."""
+
+    type = "🔻 - FILTER"
+
+    @abstractmethod
+    def check(self, doc: Document) -> Optional[str]:
+        """None to keep `doc`, else the reason it is dropped."""
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        def decide(_index: int, doc: Document) -> Optional[str]:
+            with self.track_time():
+                return self.check(doc)
+
+        yield from self.tally(data, decide)
 
 
 class Normalize(SourceFilter):

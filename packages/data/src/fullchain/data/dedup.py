@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
-from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
 
-from fullchain.data.clean import CJK_CLASS
+from fullchain.data.clean import CJK_CLASS, TallyingStep
 from fullchain.data.fastfilters import simplify_text
 
 # one token per CJK character, one per run of other letters/digits
@@ -105,7 +104,7 @@ def _read_uint32(path: Path) -> np.ndarray:
     return np.fromfile(path, dtype="<u4") if path.is_file() else np.zeros(0, dtype="<u4")
 
 
-class DedupFilter(PipelineStep):
+class DedupFilter(TallyingStep):
     """Drop duplicates found by the exact finder and by MinHash, counting the reason per source."""
 
     type = "🫂 - DEDUP"
@@ -137,22 +136,15 @@ class DedupFilter(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         exact, near, members = self.removal_sets(rank)
-        for index, doc in enumerate(data):
-            source = doc.metadata.get("source", "?")
-            self.stat_update(f"in/{source}")
-            self.stat_update(f"chars_in/{source}", value=len(doc.text))
-            reason = None
+
+        def decide(index: int, doc: Document) -> str | None:
             if index in near:
-                reason = "exact" if index in members else "near"
-            elif index in exact and (self.minhash_folder is None or not shingle_tokens(doc.text)):
-                reason = "exact"
-            if reason:
-                self.stat_update(f"dropped/{source}/{reason}")
-                self.stat_update(f"chars_dropped/{source}", value=len(doc.text))
-                continue
-            self.stat_update(f"out/{source}")
-            self.stat_update(f"chars_out/{source}", value=len(doc.text))
-            yield doc
+                return "exact" if index in members else "near"
+            if index in exact and (self.minhash_folder is None or not shingle_tokens(doc.text)):
+                return "exact"
+            return None
+
+        yield from self.tally(data, decide)
 
 
 __all__ = ["DedupFilter", "ExactSignatureStep", "MinhashSignatureStep", "RankReader", "exact_config",

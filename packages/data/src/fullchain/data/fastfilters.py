@@ -20,7 +20,6 @@ English/Chinese text (2 cores), the originals spent most of the clean pipeline i
 from __future__ import annotations
 
 import gc
-import sys
 import unicodedata
 from collections import Counter
 from itertools import accumulate
