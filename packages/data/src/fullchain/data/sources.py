@@ -265,6 +265,14 @@ class SourceReader(PipelineStep):
             record_id = f"{source}/{record[id_field]}"
         return text, record_id
 
+    def _record_document(self, unit: dict, cfg: dict, record, where: str, default_id: str):
+        """The document of one structured record (jsonl line, parquet or dataset row), or None
+        when the record is bad (counted or raised by `_record_text`) or empty."""
+        text, record_id = self._record_text(unit, cfg, record, where)
+        if text is None:
+            return None
+        return self._document(unit["source"], text, record_id or default_id, where)
+
     def _read_jsonl(self, unit: dict, cfg: dict, file: str) -> Iterator[Document]:
         source = unit["source"]
         for number, line in self._lines(source, file):
@@ -276,10 +284,7 @@ class SourceReader(PipelineStep):
             except json.JSONDecodeError as exc:
                 self._bad(source, "malformed_json", where, f"malformed JSON ({exc.msg} at column {exc.colno})")
                 continue
-            text, record_id = self._record_text(unit, cfg, record, where)
-            if text is None:
-                continue
-            doc = self._document(source, text, record_id or f"{source}/{Path(file).name}:{number}", where)
+            doc = self._record_document(unit, cfg, record, where, f"{source}/{Path(file).name}:{number}")
             if doc:
                 yield doc
 
@@ -299,10 +304,8 @@ class SourceReader(PipelineStep):
                 row += 1
                 if not self._owns(row):
                     continue
-                text, record_id = self._record_text(unit, cfg, record, f"{file}:row {row}")
-                if text is None:
-                    continue
-                doc = self._document(source, text, record_id or f"{source}/{Path(file).name}:{row}", f"{file}:row {row}")
+                doc = self._record_document(unit, cfg, record, f"{file}:row {row}",
+                                            f"{source}/{Path(file).name}:{row}")
                 if doc:
                     yield doc
 
@@ -327,10 +330,7 @@ class SourceReader(PipelineStep):
             for index in range(len(batch[field])):
                 row = offset + index
                 record = {name: batch[name][index] for name in columns}
-                text, record_id = self._record_text(unit, cfg, record, f"{folder}:row {row}")
-                if text is None:
-                    continue
-                doc = self._document(source, text, record_id or f"{source}/{row}", f"{folder}:row {row}")
+                doc = self._record_document(unit, cfg, record, f"{folder}:row {row}", f"{source}/{row}")
                 if doc:
                     yield doc
 
