@@ -5,10 +5,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from spine_testing import CONF, fullchain
 from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import env_for_stage, sync_commands
 from fullchain.core.launchers import LauncherConfig, slurm_script, step_command
+from spine_testing import CONF, fullchain
 
 REPO = Path(__file__).resolve().parents[3]
 

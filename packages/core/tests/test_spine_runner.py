@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from spine_testing import CONF, fullchain, spec_for
 from fullchain.core import runner
 from fullchain.core.artifact import ArtifactError
+from spine_testing import CONF, fullchain, spec_for
 
 
 def manifests(store: Path, stage: str) -> list[dict]:

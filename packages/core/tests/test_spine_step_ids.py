@@ -2,8 +2,8 @@
 from pathlib import Path
 
 import pytest
-from spine_testing import spec_for
 from fullchain.core import runner
+from spine_testing import spec_for
 
 
 def ids(*overrides: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ plus a constraints file that keeps torch on its CPU build) and which stage uses 
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -23,16 +24,24 @@ KEY_PACKAGES = (
     "datasets", "numpy", "peft", "opencompass", "lmdeploy", "lagent",
 )
 
-_DESCRIBE = r"""
-import json, sys, importlib.metadata as md
-pkgs = {}
-for d in md.distributions():
-    name = d.metadata["Name"]
-    if name:
-        pkgs[name.lower()] = d.version
-print(json.dumps({"python": sys.executable, "python_version": sys.version.split()[0],
-                  "packages": dict(sorted(pkgs.items()))}))
-"""
+def describe_current() -> dict[str, Any]:
+    """This interpreter: path, version, every installed distribution's version."""
+    import importlib.metadata as md
+    import platform
+
+    packages = {}
+    for dist in md.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            packages[name.lower()] = dist.version
+    return {"python": sys.executable, "python_version": platform.python_version(),
+            "packages": dict(sorted(packages.items()))}
+
+
+# `describe` runs the same function in another interpreter; it is sent as source because that
+# environment may not hold fullchain-core (e.g. one built by hand).
+_DESCRIBE = ("import json, sys\n" + inspect.getsource(describe_current).replace(
+    "-> dict[str, Any]", "") + "print(json.dumps(describe_current()))\n")
 
 
 @dataclass

@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import os
-import platform
 import sys
 import time
 import traceback
@@ -20,22 +19,11 @@ from pathlib import Path
 
 from fullchain.core.artifact import Artifact, write_json_atomic
 from fullchain.core.config import to_dataclass
+from fullchain.core.envs import describe_current
 
 REQUEST = "request.json"
 RESULT = "result.json"
 CONTROL_DIR = ".fullchain"
-
-
-def _environment() -> dict:
-    import importlib.metadata as md
-
-    packages = {}
-    for dist in md.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            packages[name.lower()] = dist.version
-    return {"python": sys.executable, "python_version": platform.python_version(),
-            "packages": dict(sorted(packages.items()))}
 
 
 def main(stage: str | None = None, argv: list[str] | None = None) -> None:
@@ -67,7 +55,7 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> None:
     if metrics is not None and not isinstance(metrics, dict):
         sys.exit(f"{request['module']}.run returned {type(metrics).__name__}, expected a dict of metrics")
     if rank == 0:
-        result = {"metrics": metrics or {}, "environment": _environment(),
+        result = {"metrics": metrics or {}, "environment": describe_current(),
                   "run_seconds": round(time.time() - started, 3)}
         json.dumps(result)  # fail here, loudly, on non-JSON metrics
         write_json_atomic(out / CONTROL_DIR / RESULT, result)
