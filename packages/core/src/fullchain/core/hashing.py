@@ -83,6 +83,12 @@ class ContentHasher:
             entries.append((name, self.file_digest(f)))
         return digest(entries, length=64)
 
+    def files_view(self, entries: list[tuple[str, Path]]) -> dict[str, Any]:
+        """The hashed view of a list of (name, file): each file's sha256 by name, and one sha256
+        of them all. Names, not locations: the same files elsewhere give the same view."""
+        files = {name: self.file_digest(Path(file)) for name, file in entries}
+        return {"sha256": digest(sorted(files.items()), length=64), "files": files}
+
     def save(self) -> None:
         if self.cache_file and self._dirty:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +108,12 @@ def hash_view(obj: Any, hasher: ContentHasher, path: str) -> Any:
             if mode is False:
                 continue
             if mode == "content":
-                view[f.name] = _content_view(value, hasher, f"{path}.{f.name}")
+                # A config may name its files itself (`content_files(field)`, e.g. a corpus that
+                # is a selection of the interpreter's stdlib rather than a path); None: the path.
+                hook = getattr(obj, "content_files", None)
+                files = hook(f.name) if callable(hook) else None
+                view[f.name] = (hasher.files_view(files) if files is not None
+                                else _content_view(value, hasher, f"{path}.{f.name}"))
             else:
                 view[f.name] = hash_view(value, hasher, f"{path}.{f.name}")
         return view

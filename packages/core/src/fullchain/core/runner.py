@@ -311,11 +311,49 @@ class _Progress:
 
 
 def _failure_message(step, returncode: int, logs: Path) -> str:
+    """One paragraph for the user: the stage's own message (the last line of its exception, or
+    its last line of output), the step id and where the logs are. The traceback stays in
+    logs/stderr.log."""
+    import re
+
+    def stage_message(lines: list[str]) -> str:
+        # The exception of each traceback: the unindented lines after its indented frames.
+        found = []
+        for start, line in enumerate(lines):
+            if not line.startswith("Traceback (most recent call last):"):
+                continue
+            exc: list[str] = []
+            for text in lines[start + 1:]:
+                if not exc and (text.startswith((" ", "\t")) or not text.strip()):
+                    continue  # a frame, or the blank lines around a chained cause's quotes
+                if exc and (not text.strip() or text.startswith(("Traceback", "The above", "During"))):
+                    break
+                exc.append(text.strip())
+            if exc:
+                found.append(" ".join(exc))
+        # torchrun ends with its own ChildFailedError summary: the rank's own error is earlier
+        found = [f for f in found if "ChildFailedError" not in f.split(":", 1)[0]] or found
+        if found:
+            message = found[-1]
+            # `fullchain.data.sources.SourceError: msg` -> `msg`: our errors speak for themselves;
+            # keep the class of anything else (`KeyError: 'x'` means nothing without it).
+            ours = re.match(r"fullchain(\.\w+)+: (.+)", message)
+            return ours.group(2) if ours else message
+        # no traceback (sys.exit("..."), a killed process): the last line it wrote
+        return next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+
     try:
-        tail = (logs / "stderr.log").read_text(errors="replace").strip().splitlines()[-25:]
+        text = (logs / "stderr.log").read_text(errors="replace")
     except OSError:
-        tail = []
+        text = ""
+    # this attempt only: the runner starts each attempt's log with a `===== <time> <command>` line
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("===== ")]
+    message = stage_message(lines[starts[-1] + 1:] if starts else lines)
+    if len(message) > 1000:
+        message = message[:997] + "..."
     how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
-    return (f"stage '{step.name}' (step {step.step_id}) {how}; its artifact {step.path} is left "
-            f"incomplete (no manifest) and will be redone next run. Full logs: {logs}/\n"
-            + "\n".join("    " + line for line in tail))
+    said = f": {message}" if message else " without a message"
+    return (f"stage '{step.name}' (step {step.step_id}) {how}{said}\n"
+            f"  The artifact {step.path} is left incomplete (no manifest) and will be redone next "
+            f"run; the full output and traceback are in {logs / 'stderr.log'}")

@@ -75,6 +75,16 @@ class SourceConfig:
             raise ValueError(f"max_documents: {self.max_documents} must be >= 1 or null")
 
 
+    def content_files(self, field_name: str):
+        """The files whose contents the step id hashes for `path` (core's hashing asks): for a
+        stdlib source, the selected stdlib files by relative name; None: hash `path` itself."""
+        if field_name != "path" or self.format != "stdlib":
+            return None
+        from fullchain.data.stdlib_corpus import content_entries
+
+        return content_entries(self.max_documents)
+
+
 @dataclass
 class NormalizeConfig:
     """Text normalisation applied to every document before anything else."""

@@ -18,7 +18,6 @@ import glob
 import gzip
 import json
 import logging
-import sysconfig
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -27,14 +26,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from fullchain.data.config import SourceConfig, infer_format
+from fullchain.data.stdlib_corpus import stdlib_files, stdlib_root
 
 logger = logging.getLogger(__name__)
-
-# stdlib directories that are tests, vendored third-party code or generated tables: not prose or
-# idiomatic code we want a demo model to read.
-_STDLIB_EXCLUDE = ("site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__",
-                   "encodings", "pydoc_data", "ensurepip", "turtledemo")
-
 
 class SourceError(ValueError):
     """A source path or record that cannot be read; the message names the file (and line)."""
@@ -48,20 +42,6 @@ def open_text_bytes(path: str | Path):
     if path.endswith(".bz2"):
         return bz2.open(path, "rb")
     return open(path, "rb")
-
-
-def stdlib_files() -> list[Path]:
-    """The running interpreter's standard-library .py files, sorted (deterministic for a Python)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(root).parts
-        if any(part in _STDLIB_EXCLUDE or part.startswith("test_") for part in parts):
-            continue
-        if path.stat().st_size == 0:  # empty package markers are not documents of this corpus
-            continue
-        files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 def resolve_files(source: SourceConfig) -> tuple[str, list[Path]]:
@@ -108,6 +88,26 @@ def resolve_files(source: SourceConfig) -> tuple[str, list[Path]]:
     return fmt, files
 
 
+def _blank(file: Path, fmt: str) -> str | None:
+    """'empty' or 'whitespace-only' when a text file holds no document at all, else None.
+
+    Read only up to the first non-whitespace byte (the first block, for any real file)."""
+    if fmt == "hf_disk":
+        return None
+    if file.stat().st_size == 0:
+        return "empty"
+    if fmt == "parquet":
+        return None
+    try:
+        with open_text_bytes(file) as handle:
+            for block in iter(lambda: handle.read(1 << 16), b""):
+                if block.strip():
+                    return None
+    except (OSError, EOFError):
+        return None  # a corrupt archive: the reader reports it with its name
+    return "whitespace-only"
+
+
 def plan_sources(sources: list[SourceConfig], tasks: int, on_error: str) -> tuple[list[dict], dict]:
     """Validate every source and split the work into units for the reader.
 
@@ -119,16 +119,19 @@ def plan_sources(sources: list[SourceConfig], tasks: int, on_error: str) -> tupl
         fmt, files = resolve_files(source)
         kept = []
         for file in files:
-            if fmt != "hf_disk" and file.stat().st_size == 0:
+            blank = _blank(file, fmt)
+            if blank:
                 if on_error == "skip":
                     skipped.setdefault(source.name, {}).setdefault("empty_file", 0)
                     skipped[source.name]["empty_file"] += 1
-                    logger.warning("source %s: skipping empty file %s", source.name, file)
+                    logger.warning("source %s: skipping %s file %s", source.name, blank, file)
                     continue
-                raise SourceError(f"{file}: empty file (source {source.name!r}); remove it or set on_error: skip")
+                raise SourceError(f"{file}: {blank} file (source {source.name!r}): it holds no document; "
+                                  "remove it or set on_error: skip")
             kept.append(str(file))
         if not kept:
-            raise SourceError(f"source {source.name!r}: every file under {source.path} is empty")
+            raise SourceError(f"source {source.name!r}: every file under {source.path} is empty or only "
+                              "whitespace: no document to read")
         if fmt == "stdlib" and source.max_documents is not None:
             kept = kept[: source.max_documents]  # one file = one document: cap by listing
         base = {"source": source.name, "format": fmt, "config": asdict(source), "shard": 0, "shards": 1}
@@ -335,7 +338,7 @@ class SourceReader(PipelineStep):
                     yield doc
 
     def _read_stdlib(self, unit: dict, cfg: dict, file: str) -> Iterator[Document]:
-        root = Path(sysconfig.get_paths()["stdlib"])
+        root = stdlib_root()
         text = "".join(line for _, line in self._lines(unit["source"], file))
         doc = self._document(unit["source"], text, f"{unit['source']}/{Path(file).relative_to(root).as_posix()}", file)
         if doc:
