@@ -66,6 +66,28 @@ def _multirun(args) -> int:
     conf_dir = spec_mod.find_conf_dir(args.conf)
     spec_mod.register_resolvers()
 
+    # Every job's spec is checked before the first job starts, as a plain run checks its one:
+    # a config error exits 2 with our message (in Hydra's own loop it would exit 1, in Hydra's
+    # format, or surface only when that job's turn comes).
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(args.overrides))
+    except HydraException as exc:
+        raise ConfigError(f"overrides {args.overrides}: {exc}") from exc
+    try:
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except HydraException:
+        jobs = []  # a sweep only Hydra's config loader can expand (glob over a group): Hydra checks
+    for overrides in jobs:
+        try:
+            runner.plan(spec_mod.to_spec(spec_mod.compose(conf_dir, overrides)))
+        except (ConfigError, ArtifactError) as exc:
+            raise type(exc)(f"{exc}\n  (sweep job [{' '.join(overrides)}]; no job of the sweep was "
+                            "started)") from exc
+
     @hydra.main(config_path=str(conf_dir), config_name=spec_mod.CONFIG_NAME, version_base="1.3")
     def job(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig

@@ -27,12 +27,13 @@ def locate(target: str, store: Path | None) -> Path:
     return matches[0]
 
 
-def _content_inputs(payload: Any, config: Any, path: str = "") -> list[tuple[str, Any, str]]:
-    """(field, value, sha256) for every field hashed by content: where the data came from."""
+def _content_inputs(payload: Any, config: Any, path: str = "") -> list[tuple[str, Any, dict]]:
+    """(field, value, hashed view) for every field hashed by content: where the data came from.
+    A view is {"sha256"} (a path's files) or {"sha256", "files": {name: sha256}} (a file list)."""
     found = []
     if isinstance(payload, dict):
-        if set(payload) == {"sha256"}:
-            return [(path, config, payload["sha256"])]
+        if "sha256" in payload and set(payload) <= {"sha256", "files"}:
+            return [(path, config, payload)]
         for key, sub in payload.items():
             sub_cfg = config.get(key) if isinstance(config, dict) else None
             found += _content_inputs(sub, sub_cfg, f"{path}.{key}" if path else key)
@@ -43,7 +44,45 @@ def _content_inputs(payload: Any, config: Any, path: str = "") -> list[tuple[str
     return found
 
 
-def _lineage(directory: Path, depth: int, seen: set) -> list[str]:
+FILES_SHOWN = 10
+
+
+def _source_lines(indent: str, field: str, value: Any, view: dict, full: bool) -> list[str]:
+    files = view.get("files")
+    if files is None:
+        return [f"{indent}    <- {field} = {value}  (sha256 {view['sha256'][:16]})"]
+    lines = [f"{indent}    <- {field}: {len(files)} files (sha256 {view['sha256'][:16]})"]
+    names = sorted(files)
+    shown = names if full else names[:FILES_SHOWN]
+    width = max((len(n) for n in shown), default=0)
+    lines += [f"{indent}         {name.ljust(width)}  sha256 {files[name][:16]}" for name in shown]
+    if len(names) > len(shown):
+        lines.append(f"{indent}         ... {len(names) - len(shown)} more (--full lists every file)")
+    return lines
+
+
+def _input_records(manifest: dict) -> list[tuple[str, dict]]:
+    """(role, {step_id, stage, node?, path}) of every input; a role may hold a list of them."""
+    out = []
+    for role, info in sorted((manifest.get("inputs") or {}).items()):
+        for record in info if isinstance(info, list) else [info]:
+            if isinstance(record, dict) and record.get("step_id"):
+                out.append((role, record))
+    return out
+
+
+def _in_store(store: Path, record: dict) -> Path | None:
+    """An input's artifact by its step id in the store being shown (never the recorded absolute
+    path: a copied or moved store must not lead back to the original)."""
+    sid = record["step_id"]
+    for name in dict.fromkeys(n for n in (record.get("node"), record.get("stage")) if n):
+        if (store / name / sid).is_dir():
+            return store / name / sid
+    matches = sorted(p for p in store.glob(f"*/{sid}") if p.is_dir())
+    return matches[0] if matches else None
+
+
+def _lineage(directory: Path, depth: int, seen: set, full: bool = False) -> list[str]:
     indent = "    " * depth
     manifest = read_manifest(directory)
     if manifest is None:
@@ -55,11 +94,41 @@ def _lineage(directory: Path, depth: int, seen: set) -> list[str]:
     seen.add(manifest["step_id"])
     sources = _content_inputs(manifest.get("hash_payload", {}).get("config", {}),
                               manifest.get("config", {}))
-    for field, value, sha in sources:
-        lines.append(f"{indent}    <- {field} = {value}  (sha256 {sha[:16]})")
-    for _name, info in sorted(manifest.get("inputs", {}).items()):
-        lines += _lineage(Path(info["path"]), depth + 1, seen)
+    for field, value, view in sources:
+        lines += _source_lines(indent, field, value, view, full)
+    store = directory.resolve().parent.parent
+    for role, record in _input_records(manifest):
+        found = _in_store(store, record)
+        if found is None:
+            lines.append(f"{indent}    {record.get('stage', role)} {record['step_id']}  NOT IN THIS STORE "
+                         f"({store}); the manifest recorded {record.get('path')}")
+            continue
+        lines += _lineage(found, depth + 1, seen, full)
     return lines
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        rows = []
+        for key in sorted(value, key=str):
+            rows += _flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    return [(prefix, value)]
+
+
+def metric_rows(metrics: dict, width: int = 100) -> list[str]:
+    """Metrics as aligned `key  value` rows, nested keys dotted; long values cut at `width`."""
+    rows = _flatten(metrics or {})
+    if not rows or rows == [("", {})]:
+        return ["  (none)"]
+    key_width = max(len(k) for k, _ in rows)
+    out = []
+    for key, value in rows:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        if width and len(text) > width:
+            text = text[: width - 3] + "..."
+        out.append(f"  {key.ljust(key_width)}  {text}")
+    return out
 
 
 def render(directory: Path, full: bool = False) -> str:
@@ -78,10 +147,11 @@ def render(directory: Path, full: bool = False) -> str:
         f"host       {manifest.get('host')}",
         f"time       {manifest.get('started_at')} -> {manifest.get('ended_at')} "
         f"({manifest.get('duration_s')}s)",
-        "metrics    " + json.dumps(manifest.get("metrics", {}), sort_keys=True, default=str)[:2000],
+        "metrics",
+        *metric_rows(manifest.get("metrics", {}), width=0 if full else 100),
         "",
         "lineage (back to the corpus):",
-        *_lineage(directory, 0, set()),
+        *_lineage(directory, 0, set(), full),
     ]
     if full:
         out += ["", json.dumps(manifest, indent=2, sort_keys=True, default=str)]

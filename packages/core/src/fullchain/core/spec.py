@@ -8,6 +8,7 @@ the only machine-specific values, and step ids never depend on them.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,79 @@ def compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
     register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
+        # Hydra's "use +key / use ++key" advice goes in circles for a key under an
+        # interpolation (`pretrain.model: ${model}`): say which key to override instead.
+        hint = interpolation_hint(conf_dir, overrides)
+        if hint:
+            raise ConfigError(hint) from exc
         raise ConfigError(f"cannot compose {conf_dir}/{CONFIG_NAME}.yaml with {overrides}: {exc}") from exc
+    if any(o.lstrip().startswith("+") and "." in o.split("=", 1)[0] for o in overrides):
+        # `++pretrain.model.hidden_size=128` composes: it replaces the whole interpolated preset
+        # with that one key. Refuse it with the same advice.
+        hint = interpolation_hint(conf_dir, overrides)
+        if hint:
+            raise ConfigError(hint)
+    return cfg
+
+
+_REFERENCE = re.compile(r"^\$\{\s*([A-Za-z_][\w.]*)\s*\}$")
+
+
+def interpolation_hint(conf_dir: Path, overrides: list[str]) -> str | None:
+    """A message for the first value override that writes INTO an interpolated node, e.g.
+    `pretrain.model.hidden_size=66` where `pretrain.model: ${model}`: such a node has no keys of
+    its own (plain and `+` overrides fail, `++` replaces the whole linked preset); the key to
+    override is the one it links to (`model.hidden_size`). None when there is no such override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return None
+
+    def is_group(key: str) -> bool:
+        return key.startswith("hydra") or (Path(conf_dir) / key.replace(".", "/")).is_dir()
+
+    values = [o for o in parsed if not is_group(o.key_or_group) and o.type != OverrideType.DEL]
+    if not values:
+        return None
+    groups = [o.input_line for o in parsed if is_group(o.key_or_group) and not o.key_or_group.startswith("hydra")]
+    try:
+        base = OmegaConf.to_container(compose(conf_dir, groups), resolve=False)
+    except ConfigError:
+        return None
+    for override in values:
+        parts = override.key_or_group.split(".")
+        for depth in range(1, len(parts)):
+            node = _get(base, parts[:depth])
+            if not isinstance(node, str) or "${" not in node:
+                if isinstance(node, dict):
+                    continue
+                break
+            prefix, rest = ".".join(parts[:depth]), ".".join(parts[depth:])
+            target = _REFERENCE.match(node.strip())
+            value = override.input_line.split("=", 1)[1] if "=" in override.input_line else "..."
+            said = (f"{override.input_line}: {prefix} is not a node of its own but an "
+                    f"interpolation, `{prefix}: {node}`, so an override cannot write into it "
+                    "(`+`/`++` would replace the whole linked node with this one key).")
+            if target:
+                link = target.group(1)
+                return f"{said} Override `{link}.{rest}={value}` instead: {prefix} follows it."
+            return f"{said} Override the keys that interpolation reads instead."
+    return None
+
+
+def _get(container: Any, parts: list[str]) -> Any:
+    node = container
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def to_spec(cfg: DictConfig) -> dict[str, Any]:
