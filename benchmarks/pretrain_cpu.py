@@ -44,7 +44,7 @@ MALLOC_TOP_PAD = "1073741824"
 
 
 def _reexec_with_malloc_pad() -> None:
-    # FINDINGS: glibc returns logits-sized buffers to the OS every step (~34k page faults per
+    # glibc returns logits-sized buffers to the OS every step (~34k page faults per
     # step); the runner sets this for every stage. Set before torch loads, for both sides.
     if os.environ.get("MALLOC_TOP_PAD_") != MALLOC_TOP_PAD:
         os.environ["MALLOC_TOP_PAD_"] = MALLOC_TOP_PAD

@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = sorted(p.parent.name for p in (REPO / "packages").glob("*/pyproject.toml"))
 STAGES = {"data", "pretrain", "tune", "eval", "deploy", "agent"}
-# What a stage may NOT pull in (the clash FINDINGS.md measured, and sibling stages).
+# What a stage may NOT pull in (opencompass pins transformers<5 and numpy<2; sibling stages).
 FORBIDDEN = {
     "core": {"torch", "transformers", "megatron-core", "datatrove", "opencompass", "lmdeploy"},
     "data": {"opencompass", "lmdeploy", "peft", "lagent"},

@@ -4,7 +4,7 @@ Every step counts per source in datatrove stats, under keys the data card reads:
 `in/<source>`, `out/<source>`, `dropped/<source>/<reason>`, `chars_in/<source>`, `chars_out/<source>`
 for filters, `pii/<source>/<kind>` for replacements, `lang/<source>/<language>` for languages.
 The quality step uses datatrove's own Gopher filters, one instance per language (English words
-from spaCy's blank model, Chinese words from jieba; FINDINGS: Chinese needs language="zh").
+from spaCy's blank model, Chinese words from jieba, which the filter uses only with language="zh").
 """
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ class GopherConfig:
 
 def _zh_gopher() -> GopherConfig:
     # jieba words are 1-2 characters and classical Chinese is terse: word-length rules and the
-    # English stop-word rule would drop nearly all of it (FINDINGS); keep the size and symbol rules.
+    # English stop-word rule would drop nearly all of it, so they are off; keep the size and symbol rules.
     return GopherConfig(
         min_doc_words=20,
         max_doc_words=200000,

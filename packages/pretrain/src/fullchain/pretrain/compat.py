@@ -22,7 +22,7 @@ default causal mask), `.cuda()` calls, and `param.type() == "torch.cuda.FloatTen
    earlier version of the loop re-enabled the shim after every save/load for that reason; with
    torch 2.13 / megatron-core 0.16.1 the mode was not seen lost again, and the guard makes sure).
 
-FINDINGS.md measured the mode's cost on the ~20M benchmark shape as nothing measurable (kernels
+On the ~20M benchmark shape the mode's cost was too small to measure (kernels
 dominate; the handler is one dict lookup per torch call). It is pushed on the calling thread's
 torch-function mode stack, which is the thread that runs forward and (on CPU) backward.
 """
