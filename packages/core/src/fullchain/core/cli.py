@@ -165,8 +165,8 @@ def cmd_env(args) -> int:
         for name in names:
             if name not in specs:
                 raise ConfigError(f"env sync {name}: no such environment; defined: {sorted(specs)}")
-            log.info("syncing environment '%s' -> %s", name, specs[name].interpreter)
-            envs.sync(specs[name], root, tool=args.installer, echo=lambda m: log.info("%s", m))
+            log.info("%s", envs.sync(specs[name], root, tool=args.installer,
+                                     echo=lambda m: log.info("%s", m), verbose=args.verbose))
         return 0
     stage_env = {}
     for stage in spec.get("graph", {}):
@@ -179,10 +179,13 @@ def cmd_env(args) -> int:
             print("  status: NOT BUILT (fullchain env sync " + name + ")")
             continue
         info = envs.describe(python)
+        installed = info["packages"]
+        # this project's own distributions (the stage packages) first, then the key libraries
+        shown = sorted(p for p in installed if p.startswith("fullchain-"))
+        shown += [p for p in envs.KEY_PACKAGES if p in installed and p not in shown]
         print(f"  python: {info['python_version']}")
-        for package in envs.KEY_PACKAGES:
-            if package in info["packages"]:
-                print(f"  {package}: {info['packages'][package]}")
+        for package in shown:
+            print(f"  {package}: {installed[package]}")
     return 0
 
 

@@ -148,16 +148,31 @@ def sync_commands(env: EnvSpec, root: Path, tool: str | None = None) -> list[lis
     return commands
 
 
-def sync(env: EnvSpec, root: Path, tool: str | None = None, echo=print) -> None:
+def sync(env: EnvSpec, root: Path, tool: str | None = None, echo=print, verbose: bool = False) -> str:
+    """Create/update `env`; returns one line saying what was done and how long it took. The
+    installers' own output is shown only with `verbose`, or (its tail) when a command fails."""
+    import time
+
     run_env = dict(os.environ)
     # uv ignores PIP_FIND_LINKS; where the machine ships local wheels (the CPU torch build)
     # pass them through, otherwise uv resolves torch to a multi-GB CUDA build.
     if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
         run_env["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
-    for command in sync_commands(env, root, tool):
-        echo("$ " + " ".join(command))
-        result = subprocess.run(command, env=run_env, check=False)
+    started = time.time()
+    commands = sync_commands(env, root, tool)
+    for command in commands:
+        if verbose:
+            echo("$ " + " ".join(command))
+        result = subprocess.run(command, env=run_env, check=False, text=True,
+                                stdout=None if verbose else subprocess.PIPE,
+                                stderr=None if verbose else subprocess.STDOUT)
         if result.returncode != 0:
+            output = "" if verbose else "\n".join((result.stdout or "").strip().splitlines()[-40:])
             raise ConfigError(f"building environment '{env.name}' failed: `{' '.join(command)}` "
-                              f"exited {result.returncode}")
+                              f"exited {result.returncode}" + (f"; its output ends:\n{output}" if output else ""))
     _described.pop(str(env.interpreter), None)
+    if not commands:
+        return f"{env.name}: the running interpreter ({env.interpreter}); nothing to install"
+    what = ", ".join(env.packages) or "no packages"
+    return (f"{env.name}: {what} -> {env.interpreter} "
+            f"({commands[-1][0] if commands[-1][0] == 'uv' else 'pip'}, {time.time() - started:.1f}s)")
