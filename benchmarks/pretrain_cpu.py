@@ -130,14 +130,26 @@ def ours_window(steps: int, warmup: int, seed: int, data: Path, workdir: Path,
                 peak: float) -> tuple[float, float]:
     """(wall, CPU) seconds per step of the pretrain stage (a fresh run)."""
     from fullchain.core.artifact import Artifact
+    from fullchain.core.schema import (
+        BatchConfig,
+        CheckpointConfig,
+        LoggingConfig,
+        OptimizerConfig,
+        ScheduleConfig,
+        ValidationConfig,
+    )
     from fullchain.pretrain import ModelConfig, PretrainConfig, run
 
     model = ModelConfig(name="small", max_position_embeddings=1024, **SHAPE)
-    cfg = PretrainConfig(model=model, seq_length=SEQ, micro_batch_size=BATCH,
-                         global_batch_size=BATCH, train_iters=warmup + steps, warmup_iters=1,
-                         lr=1e-3, eval_iters=0, eval_interval=0, save_interval=0,
-                         export_hf=False, tensorboard=False, log_interval=1, peak_flops=peak,
-                         seed=seed)
+    cfg = PretrainConfig(
+        model=model,
+        batch=BatchConfig(seq_length=SEQ, micro_batch_size=BATCH, global_batch_size=BATCH),
+        optimizer=OptimizerConfig(lr=1e-3),
+        schedule=ScheduleConfig(train_iters=warmup + steps, warmup_iters=1),
+        validation=ValidationConfig(eval_iters=0, eval_interval=0),
+        checkpoint=CheckpointConfig(save_interval=0),
+        logging=LoggingConfig(tensorboard=False, log_interval=1, peak_flops=peak),
+        export_hf=False, seed=seed)
     out = Path(tempfile.mkdtemp(dir=workdir))
     logger = logging.getLogger("fullchain.pretrain.train")
     handler = _StepMarks()

@@ -32,9 +32,10 @@ class _KillAt(logging.Handler):
 def run_stage(config_json: str, data_dir: str, out_dir: str) -> None:
     """One stage run; every rank writes OUT_DIR/result_rank{RANK}.json."""
     from fullchain.core.artifact import Artifact
+    from fullchain.core.config import to_dataclass
     from fullchain.pretrain import PretrainConfig, run
 
-    cfg = PretrainConfig(**json.loads(Path(config_json).read_text()))
+    cfg = to_dataclass(PretrainConfig, json.loads(Path(config_json).read_text()), "pretrain")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = run(cfg, {"data": Artifact.load(data_dir)}, out)

@@ -114,7 +114,8 @@ def parallel_runs(data_artifact, tmp_path_factory) -> Path:
     jobs = []
     for name, parallel in PARALLEL_LAYOUTS.items():
         # dp2 also exports: rank 0 starts the HF export subprocess from inside torchrun.
-        cfg = tiny_config(train_iters=PARALLEL_ITERS, save_interval=PARALLEL_HALF, parallel=parallel,
+        cfg = tiny_config(schedule={"train_iters": PARALLEL_ITERS},
+                          checkpoint={"save_interval": PARALLEL_HALF}, parallel=parallel,
                           export_hf=name == "dp2")
         jobs.append({"call": "_parallel_worker:run_stage",
                      "args": [str(write_config(cfg, root / f"{name}.json")), str(data_artifact),
@@ -130,20 +131,31 @@ def parallel_runs(data_artifact, tmp_path_factory) -> Path:
 
 
 def tiny_config(**overrides):
-    """A PretrainConfig small enough for a CPU test (2 layers, hidden 64, GQA, seq 32)."""
-    from fullchain.pretrain import ModelConfig, ParallelConfig, PretrainConfig
+    """A PretrainConfig small enough for a CPU test (2 layers, hidden 64, GQA, seq 32), built the
+    way the worker builds it from a spec (`to_dataclass`). A dict override updates that group
+    (`schedule={"train_iters": 40}`), anything else replaces the field."""
+    from fullchain.core.config import to_dataclass
+    from fullchain.pretrain import PretrainConfig
 
-    model = dict(name="tiny", num_layers=2, hidden_size=64, num_attention_heads=4,
-                 num_query_groups=2, ffn_hidden_size=128, max_position_embeddings=64,
-                 # 384 tokens pad to 384 at TP=1 and TP=2 (64 * tp divides it): same weights.
-                 make_vocab_size_divisible_by=64)
-    model.update(overrides.pop("model", {}))
-    parallel = overrides.pop("parallel", {})
-    fields = dict(seq_length=32, micro_batch_size=2, global_batch_size=4, train_iters=6,
-                  warmup_iters=1, lr=3e-3, min_lr=3e-4, eval_interval=0, eval_iters=1,
-                  save_interval=0, export_hf=False, tensorboard=False, peak_flops=1e11)
-    fields.update(overrides)
-    return PretrainConfig(model=ModelConfig(**model), parallel=ParallelConfig(**parallel), **fields)
+    fields = {
+        "model": dict(name="tiny", num_layers=2, hidden_size=64, num_attention_heads=4,
+                      num_query_groups=2, ffn_hidden_size=128, max_position_embeddings=64,
+                      # 384 tokens pad to 384 at TP=1 and TP=2 (64 * tp divides it): same weights.
+                      make_vocab_size_divisible_by=64),
+        "batch": dict(seq_length=32, micro_batch_size=2, global_batch_size=4),
+        "optimizer": dict(lr=3e-3),
+        "schedule": dict(train_iters=6, warmup_iters=1, min_lr=3e-4),
+        "validation": dict(eval_interval=0, eval_iters=1),
+        "checkpoint": dict(save_interval=0),
+        "logging": dict(tensorboard=False, peak_flops=1e11),
+        "export_hf": False,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            fields[key] = {**fields.get(key, {}), **value}
+        else:
+            fields[key] = value
+    return to_dataclass(PretrainConfig, fields, "pretrain")
 
 
 def write_config(cfg, path: Path) -> Path:

@@ -39,7 +39,8 @@ def _finish(proc):
 
 
 def test_sigkill_then_resume_reproduces_final_loss(data_artifact, tmp_path):
-    cfg = write_config(tiny_config(train_iters=ITERS, save_interval=3, eval_interval=4),
+    cfg = write_config(tiny_config(schedule={"train_iters": ITERS}, checkpoint={"save_interval": 3},
+                                   validation={"eval_interval": 4}),
                        tmp_path / "cfg.json")
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     # The uninterrupted run and the one killed while logging iteration 5 (checkpoint 3 complete,
@@ -68,7 +69,7 @@ def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
     from fullchain.pretrain import checkpoint, distributed
     from fullchain.pretrain.model import build_gpt_model
 
-    cfg = tiny_config(train_iters=2, save_interval=1)
+    cfg = tiny_config(schedule={"train_iters": 2}, checkpoint={"save_interval": 1})
     out = tmp_path / "out"
     metrics = run_in_process(cfg, data_artifact, out)
     root = out / "checkpoints"
@@ -81,10 +82,11 @@ def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
     # The model part loads alone (what the HF export does), without optimizer state.
     distributed.initialize(cfg.parallel, seed=99)
     try:
-        model = build_gpt_model(cfg.model, cfg.parallel, metrics["padded_vocab_size"], cfg.seq_length)
+        model = build_gpt_model(cfg.model, cfg.parallel, metrics["padded_vocab_size"],
+                                cfg.batch.seq_length)
         before = model.embedding.word_embeddings.weight.detach().clone()
         position = checkpoint.load(root / "iter_0000002", model)
-        assert position == {"iteration": 2, "consumed_samples": 2 * cfg.global_batch_size,
+        assert position == {"iteration": 2, "consumed_samples": 2 * cfg.batch.global_batch_size,
                             "loss": metrics["final_loss"], "val_loss": metrics["val_loss"]}
         assert not model.embedding.word_embeddings.weight.detach().equal(before)
     finally:

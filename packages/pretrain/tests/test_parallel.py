@@ -12,7 +12,7 @@ from pretrain_testing import PARALLEL_HALF, PARALLEL_ITERS, PARALLEL_LAYOUTS, lo
 @pytest.fixture(scope="module")
 def reference(data_artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("tp1")
-    run_in_process(tiny_config(train_iters=PARALLEL_ITERS), data_artifact, out)
+    run_in_process(tiny_config(schedule={"train_iters": PARALLEL_ITERS}), data_artifact, out)
     return losses(out)
 
 
@@ -46,7 +46,8 @@ def test_tp2_checkpoint_resumes_at_tp1(reference, parallel_runs, data_artifact, 
     shutil.copytree(saved, out / "checkpoints" / half)
     (out / "checkpoints" / "latest.json").write_text(
         json.dumps({"iteration": PARALLEL_HALF, "path": half}))
-    metrics = run_in_process(tiny_config(train_iters=PARALLEL_ITERS, save_interval=PARALLEL_HALF),
+    metrics = run_in_process(tiny_config(schedule={"train_iters": PARALLEL_ITERS},
+                                         checkpoint={"save_interval": PARALLEL_HALF}),
                              data_artifact, out)
     assert metrics["resumed_from_iteration"] == PARALLEL_HALF
     assert losses(out) == pytest.approx(reference[PARALLEL_HALF:], abs=1e-5, rel=0)

@@ -20,7 +20,8 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 
 @pytest.fixture(scope="module")
 def first_run(data_artifact, tmp_path_factory):
-    cfg = tiny_config(train_iters=ITERS, warmup_iters=3, save_interval=ITERS, eval_iters=1,
+    cfg = tiny_config(schedule={"train_iters": ITERS, "warmup_iters": 3},
+                      checkpoint={"save_interval": ITERS}, validation={"eval_iters": 1},
                       export_hf=True)
     out = tmp_path_factory.mktemp("stage") / "out"
     metrics = run_in_process(cfg, data_artifact, out)
@@ -36,7 +37,7 @@ def _megatron_from_checkpoint(cfg, out, tokens):
     distributed.initialize(cfg.parallel, seed=cfg.seed + 1)  # other init: the load must matter
     try:
         gpt = build_gpt_model(cfg.model, cfg.parallel, model_json["padded_vocab_size"],
-                              cfg.seq_length)
+                              cfg.batch.seq_length)
         iteration, path = checkpoint.latest_checkpoint(out / "checkpoints")
         assert iteration == ITERS
         checkpoint.load(path, gpt)
@@ -109,8 +110,8 @@ def test_init_from_hf_continues_from_the_export(first_run, data_artifact, tmp_pa
     from transformers import LlamaForCausalLM
 
     cfg, out, metrics = first_run
-    continued = tiny_config(train_iters=3, warmup_iters=1, eval_iters=1,
-                            init_from_hf=str(out / "hf"))
+    continued = tiny_config(schedule={"train_iters": 3, "warmup_iters": 1},
+                            validation={"eval_iters": 1}, init_from_hf=str(out / "hf"))
     result = run_in_process(continued, data_artifact, tmp_path / "continued")
     first_step = losses(tmp_path / "continued")[0]
     # Starts where the first run ended (~4.6 nats), not at the ~6 of a fresh model...
@@ -118,12 +119,13 @@ def test_init_from_hf_continues_from_the_export(first_run, data_artifact, tmp_pa
     assert first_step < losses(out)[0] - 1.0
     # ...exactly: step 1's loss is the exported model's loss on step 1's samples.
     spec = read_dataset_spec(data_artifact)
-    datasets = build_datasets(spec, continued.seq_length, continued.seed,
-                              {"train": continued.train_iters * continued.global_batch_size,
-                               "valid": continued.eval_iters * continued.global_batch_size},
+    batch = continued.batch
+    datasets = build_datasets(spec, batch.seq_length, continued.seed,
+                              {"train": continued.schedule.train_iters * batch.global_batch_size,
+                               "valid": continued.validation.eval_iters * batch.global_batch_size},
                               tmp_path / "cache")
     hf = LlamaForCausalLM.from_pretrained(str(out / "hf")).eval()
-    expected = _batch_loss(hf, datasets["train"], range(continued.global_batch_size),
-                           continued.micro_batch_size)
+    expected = _batch_loss(hf, datasets["train"], range(batch.global_batch_size),
+                           batch.micro_batch_size)
     assert first_step == pytest.approx(expected, abs=1e-5)
     assert result["resumed_from_iteration"] is None

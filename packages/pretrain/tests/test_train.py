@@ -8,8 +8,9 @@ from pretrain_testing import losses, run_in_process, tiny_config
 
 
 def test_loss_falls_and_metrics_are_written(data_artifact, tmp_path):
-    cfg = tiny_config(train_iters=40, warmup_iters=4, eval_interval=20, eval_iters=2,
-                      tensorboard=True, save_interval=40)
+    cfg = tiny_config(schedule={"train_iters": 40, "warmup_iters": 4},
+                      validation={"eval_interval": 20, "eval_iters": 2},
+                      logging={"tensorboard": True}, checkpoint={"save_interval": 40})
     out = tmp_path / "out"
     metrics = run_in_process(cfg, data_artifact, out)
     curve = losses(out)
@@ -32,7 +33,7 @@ def test_vocab_smaller_than_tokenizer(data_artifact, tmp_path):
 
 
 def test_dataset_too_short_for_one_batch(data_artifact, tmp_path):
-    cfg = tiny_config(seq_length=64, micro_batch_size=64, global_batch_size=4096,
+    cfg = tiny_config(batch={"seq_length": 64, "micro_batch_size": 64, "global_batch_size": 4096},
                       model={"max_position_embeddings": 64})
     with pytest.raises(ValueError, match="splits.train holds .* fewer than one global batch"):
         run_in_process(cfg, data_artifact, tmp_path / "out")
@@ -44,17 +45,25 @@ def test_tensor_parallel_larger_than_world(data_artifact, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"model": {"hidden_size": 66}}, "^hidden_size: 66 is not divisible by num_attention_heads=4"),
+    ({"model": {"hidden_size": 66}},
+     r"^pretrain\.model\.hidden_size: 66 is not divisible by num_attention_heads=4"),
     ({"model": {"num_attention_heads": 8, "num_query_groups": 2, "hidden_size": 64},
-      "parallel": {"tensor_parallel_size": 4}}, "^num_query_groups: 2 is not divisible by tensor_parallel_size=4"),
-    ({"global_batch_size": 6}, "^global_batch_size: 6 is not divisible by micro_batch_size=4"),
-    ({"seq_length": 128}, "^seq_length: 128 exceeds model.max_position_embeddings=64"),
-    ({"parallel": {"pipeline_parallel_size": 3}}, "^pipeline_parallel_size: 3 does not divide"),
-    ({"warmup_iters": 6}, "^warmup_iters: 6 must be smaller"),
-], ids=["hidden-heads", "groups-tp", "batch", "seq", "pp-layers", "warmup"])
+      "parallel": {"tensor_parallel_size": 4}},
+     r"^pretrain\.model\.num_query_groups: 2 is not divisible by tensor_parallel_size=4"),
+    ({"batch": {"global_batch_size": 6, "micro_batch_size": 4}},
+     r"^pretrain\.batch\.global_batch_size: 6 is not divisible by micro_batch_size=4"),
+    ({"batch": {"seq_length": 128}},
+     r"^pretrain\.batch\.seq_length: 128 exceeds model.max_position_embeddings=64"),
+    ({"parallel": {"pipeline_parallel_size": 3}},
+     r"^pretrain\.parallel\.pipeline_parallel_size: 3 does not divide"),
+    ({"schedule": {"warmup_iters": 6}}, r"^pretrain\.schedule\.warmup_iters: 6 must be smaller"),
+    ({"schedule": {"min_lr": 1.0}}, r"^pretrain\.schedule\.min_lr: 1.0 must be within"),
+    ({"schedule": {"epochs": 1.0}}, r"^pretrain\.schedule\.epochs: pretraining counts steps"),
+    ({"optimizer": {"lr": "fast"}}, r"^pretrain\.optimizer\.lr: expected a number, got 'fast'"),
+    ({"logging": {"log_interval": 0}}, r"^pretrain\.logging\.log_interval: 0 must be a positive"),
+], ids=["hidden-heads", "groups-tp", "batch", "seq", "pp-layers", "warmup", "min-lr", "epochs",
+        "lr-type", "log-interval"])
 def test_config_errors_name_the_field(overrides, message):
-    if overrides.get("global_batch_size") == 6:
-        overrides["micro_batch_size"] = 4
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
 

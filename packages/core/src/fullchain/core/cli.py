@@ -1,7 +1,7 @@
 """`fullchain` command line: run, plan, show, env.
 
     fullchain run experiment=tiny                       # run the graph (reuses complete steps)
-    fullchain run experiment=tiny pretrain.lr=1e-3,3e-3 -m   # Hydra multirun sweep
+    fullchain run experiment=tiny pretrain.optimizer.lr=1e-3,3e-3 -m   # Hydra multirun sweep
     fullchain run --spec runs/<run>/spec.yaml           # re-run a resolved spec exactly
     fullchain plan experiment=tiny                      # graph, ids, cached / to-run and why
     fullchain show <artifact-dir | step-id>             # manifest and lineage back to the corpus

@@ -2,7 +2,7 @@
 
 Only rank 0 writes. MFU = model FLOP/s / peak FLOP/s of the ranks used; the peak is measured on
 the CPU (fp32 `torch.mm`, ~210 GFLOP/s on the 2-core reference machine) and looked up for known
-GPUs (dense bf16), so "70% MFU" means the same thing here as in docs/pretrain.md's benchmark.
+GPUs (dense bf16), so "70% MFU" means the same thing here as in the FINDINGS numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+
+from fullchain.core.schema import LoggingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,8 @@ def device_peak_flops(precision: str) -> float:
 class MetricsWriter:
     """metrics.jsonl + TensorBoard + W&B on rank 0; a no-op object on the other ranks."""
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, wandb: str,
-                 wandb_project: str, run_config: dict[str, Any], resume_iteration: int) -> None:
+    def __init__(self, out: Path, enabled: bool, log_config: LoggingConfig, run_config: dict[str, Any],
+                 resume_iteration: int) -> None:
         self.enabled = enabled
         self.jsonl = Path(out) / "metrics.jsonl"
         self.tb = None
@@ -69,19 +71,19 @@ class MetricsWriter:
         if not enabled:
             return
         _truncate_after(self.jsonl, resume_iteration)
-        if tensorboard:
+        if log_config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run wrote past the checkpoint we resume from.
             self.tb = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=resume_iteration + 1)
-        if wandb != "off":
+        if log_config.wandb != "off":
             try:
                 import wandb as wandb_lib
             except ImportError as exc:
                 raise ImportError(
-                    f"wandb: {wandb!r} needs the wandb package "
+                    f"logging.wandb: {log_config.wandb!r} needs the wandb package "
                     "(pip install 'fullchain-pretrain[wandb]')") from exc
-            self.wandb_run = wandb_lib.init(project=wandb_project, mode=wandb,
+            self.wandb_run = wandb_lib.init(project=log_config.wandb_project, mode=log_config.wandb,
                                             dir=str(Path(out)), config=run_config, resume="allow")
 
     def log(self, iteration: int, values: dict[str, float]) -> None:

@@ -60,12 +60,12 @@ def run(cfg: PretrainConfig, inputs: dict[str, Artifact], out: Path) -> dict[str
     write_json_atomic(model_json, {**dataclasses.asdict(cfg.model),
                                    "vocab_size": metrics["vocab_size"],
                                    "padded_vocab_size": metrics["padded_vocab_size"],
-                                   "seq_length": cfg.seq_length})
+                                   "seq_length": cfg.batch.seq_length})
     from fullchain.pretrain.metrics import plot_loss
 
     plot_loss(out / "metrics.jsonl", out / "loss.png", title=f"pretrain {cfg.model.name}")
     if cfg.export_hf:
-        export_hf(out, spec.tokenizer_dir, metrics["vocab_size"], cfg.seq_length)
+        export_hf(out, spec.tokenizer_dir, metrics["vocab_size"], cfg.batch.seq_length)
         metrics["hf_dir"] = "hf"
     return metrics
 

@@ -102,32 +102,32 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    batch, schedule, adamw = cfg.batch, cfg.schedule, cfg.optimizer
     rank = dist.get_rank()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dp_size = ps.get_data_parallel_world_size()
     dp_rank = ps.get_data_parallel_rank()
-    per_step = cfg.micro_batch_size * dp_size
-    if cfg.global_batch_size % per_step:
+    per_step = batch.micro_batch_size * dp_size
+    if batch.global_batch_size % per_step:
         raise ValueError(
-            f"global_batch_size: {cfg.global_batch_size} is not divisible by micro_batch_size * "
-            f"data_parallel_size = {cfg.micro_batch_size} * {dp_size}")
-    num_microbatches = cfg.global_batch_size // per_step
+            f"batch.global_batch_size: {batch.global_batch_size} is not divisible by micro_batch_size * "
+            f"data_parallel_size = {batch.micro_batch_size} * {dp_size}")
+    num_microbatches = batch.global_batch_size // per_step
     precision = resolve_precision(cfg.precision)
     vocab_size, padded_vocab = resolve_vocab(cfg, spec)
 
     # --- data (checked before any model is built: a too-short dataset fails in seconds)
-    check_enough_tokens(spec, cfg.seq_length, cfg.global_batch_size)
-    eval_samples = cfg.eval_iters * cfg.global_batch_size if "valid" in spec.splits else 0
-    datasets = build_datasets(spec, cfg.seq_length, cfg.seed,
-                              {"train": cfg.train_iters * cfg.global_batch_size, "valid": eval_samples},
-                              out / "data_cache")
-    train_samples = cfg.train_iters * cfg.global_batch_size
+    check_enough_tokens(spec, batch.seq_length, batch.global_batch_size)
+    eval_samples = cfg.validation.eval_iters * batch.global_batch_size if "valid" in spec.splits else 0
+    train_samples = schedule.train_iters * batch.global_batch_size
+    datasets = build_datasets(spec, batch.seq_length, cfg.seed,
+                              {"train": train_samples, "valid": eval_samples}, out / "data_cache")
     valid_dataset = datasets.get("valid")
     if valid_dataset is not None and len(valid_dataset) < eval_samples:
         eval_samples = len(valid_dataset) // per_step * per_step
 
     # --- model, DDP, optimizer, scheduler
-    model = build_gpt_model(cfg.model, cfg.parallel, padded_vocab, cfg.seq_length,
+    model = build_gpt_model(cfg.model, cfg.parallel, padded_vocab, batch.seq_length,
                             precision=precision, recompute=cfg.recompute)
     resume = checkpoint.latest_checkpoint(out / "checkpoints")
     if resume is None and cfg.init_from_hf:
@@ -141,17 +141,18 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
     ddp_model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-                        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
-                        clip_grad=cfg.clip_grad, bf16=precision == "bf16",
+        OptimizerConfig(optimizer="adam", lr=adamw.lr, min_lr=schedule.min_lr,
+                        weight_decay=adamw.weight_decay, adam_beta1=adamw.adam_beta1,
+                        adam_beta2=adamw.adam_beta2, adam_eps=adamw.adam_eps,
+                        clip_grad=adamw.clip_grad, bf16=precision == "bf16",
                         params_dtype=config.params_dtype,
                         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer),
         [ddp_model])
     scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=0.0, max_lr=cfg.lr, min_lr=cfg.min_lr, lr_warmup_steps=cfg.warmup_iters,
-        lr_decay_steps=cfg.decay_iters, lr_decay_style=cfg.lr_decay_style,
-        start_wd=cfg.weight_decay, end_wd=cfg.weight_decay, wd_incr_steps=cfg.train_iters,
-        wd_incr_style="constant")
+        optimizer, init_lr=0.0, max_lr=adamw.lr, min_lr=schedule.min_lr,
+        lr_warmup_steps=schedule.warmup_iters, lr_decay_steps=schedule.decay_iters,
+        lr_decay_style=schedule.lr_decay_style, start_wd=adamw.weight_decay,
+        end_wd=adamw.weight_decay, wd_incr_steps=schedule.train_iters, wd_incr_style="constant")
     config.no_sync_func = ddp_model.no_sync
     config.finalize_model_grads_func = finalize_model_grads
     config.grad_scale_func = optimizer.scale_loss
@@ -171,53 +172,53 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     matmul_params = cfg.model.num_parameters(padded_vocab) - (
         0 if cfg.model.tie_word_embeddings else padded_vocab * cfg.model.hidden_size)
     flops_per_token = model_flops_per_token(cfg.model.num_layers, cfg.model.hidden_size,
-                                            cfg.seq_length, matmul_params)
-    peak = cfg.peak_flops or device_peak_flops(precision)
+                                            batch.seq_length, matmul_params)
+    peak = cfg.logging.peak_flops or device_peak_flops(precision)
     world = dist.get_world_size()
-    writer = MetricsWriter(out, rank == 0, cfg.tensorboard, cfg.wandb, cfg.wandb_project,
-                           {"seq_length": cfg.seq_length, "global_batch_size": cfg.global_batch_size,
+    writer = MetricsWriter(out, rank == 0, cfg.logging,
+                           {"seq_length": batch.seq_length, "global_batch_size": batch.global_batch_size,
                             "model": cfg.model.name}, iteration)
     contributes = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
-    attention_mask = causal_attention_mask(cfg.seq_length, device=device)
+    attention_mask = causal_attention_mask(batch.seq_length, device=device)
     forward_step = partial(_forward_step, attention_mask, device)
     forward_backward = get_forward_backward_func()
-    tokens_per_step = cfg.global_batch_size * cfg.seq_length
+    tokens_per_step = batch.global_batch_size * batch.seq_length
 
     def evaluate() -> float | None:
         if valid_dataset is None or eval_samples == 0:
             return None
         for chunk in (ddp_model,):
             chunk.eval()
-        iterator = batch_iterator(valid_dataset, 0, eval_samples, cfg.micro_batch_size, dp_rank,
+        iterator = batch_iterator(valid_dataset, 0, eval_samples, batch.micro_batch_size, dp_rank,
                                   dp_size)
         with torch.no_grad():
             outputs = forward_backward(
                 forward_step_func=forward_step, data_iterator=iterator, model=[ddp_model],
-                num_microbatches=eval_samples // per_step, seq_length=cfg.seq_length,
-                micro_batch_size=cfg.micro_batch_size, forward_only=True)
+                num_microbatches=eval_samples // per_step, seq_length=batch.seq_length,
+                micro_batch_size=batch.micro_batch_size, forward_only=True)
         ddp_model.train()
         return _global_mean([float(o["lm loss"]) for o in outputs], contributes, device)
 
     train_iter = batch_iterator(datasets["train"], consumed_samples, train_samples,
-                                cfg.micro_batch_size, dp_rank, dp_size, cfg.num_workers)
+                                batch.micro_batch_size, dp_rank, dp_size, cfg.num_workers)
     ddp_model.train()
     step_times: list[float] = []
     grad_norm = None
-    while iteration < cfg.train_iters:
+    while iteration < schedule.train_iters:
         start = time.perf_counter()
         ddp_model.zero_grad_buffer()
         optimizer.zero_grad()
         outputs = forward_backward(
             forward_step_func=forward_step, data_iterator=train_iter, model=[ddp_model],
-            num_microbatches=num_microbatches, seq_length=cfg.seq_length,
-            micro_batch_size=cfg.micro_batch_size, forward_only=False)
+            num_microbatches=num_microbatches, seq_length=batch.seq_length,
+            micro_batch_size=batch.micro_batch_size, forward_only=False)
         update_ok, grad_norm, _ = optimizer.step()
         if not update_ok:
             raise FloatingPointError(f"iteration {iteration + 1}: optimizer step skipped (non-finite grads)")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(increment=1)
         iteration += 1
-        consumed_samples += cfg.global_batch_size
+        consumed_samples += batch.global_batch_size
         loss = _global_mean([float(o["lm loss"]) for o in outputs], contributes, device)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -227,23 +228,24 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
             raise FloatingPointError(f"iteration {iteration}: training loss is {loss}")
 
         values: dict[str, Any] = {}
-        evaluate_now = iteration == cfg.train_iters or (
-            cfg.eval_interval and iteration % cfg.eval_interval == 0)
+        evaluate_now = iteration == schedule.train_iters or (
+            cfg.validation.eval_interval and iteration % cfg.validation.eval_interval == 0)
         if evaluate_now:
             val_loss = evaluate()
             if val_loss is not None:
                 values.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
-        if iteration % cfg.log_interval == 0 or values:
+        if iteration % cfg.logging.log_interval == 0 or values:
             tokens_per_second = tokens_per_step / step_time
             values.update(loss=loss, lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else None,
                           step_time=step_time, tokens_per_second=tokens_per_second,
                           mfu=tokens_per_second * flops_per_token / (peak * world))
             writer.log(iteration, values)
             if rank == 0:
-                logger.info("iter %d/%d loss %.4f lr %.3g %.0f tok/s%s", iteration, cfg.train_iters,
+                logger.info("iter %d/%d loss %.4f lr %.3g %.0f tok/s%s", iteration, schedule.train_iters,
                             loss, lr, tokens_per_second,
                             f" val_loss {val_loss:.4f}" if "val_loss" in values else "")
-        if iteration == cfg.train_iters or (cfg.save_interval and iteration % cfg.save_interval == 0):
+        save_interval = cfg.checkpoint.save_interval
+        if iteration == schedule.train_iters or (save_interval and iteration % save_interval == 0):
             checkpoint.save(out / "checkpoints", iteration, model, optimizer, scheduler,
                             consumed_samples, {"loss": loss, "val_loss": val_loss})
     writer.close()
@@ -259,7 +261,7 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
         "tokens_per_second": tokens_per_second,
         "mfu": tokens_per_second * flops_per_token / (peak * world) if tokens_per_second else None,
         "peak_flops_per_rank": peak,
-        "train_tokens": consumed_samples * cfg.seq_length,
+        "train_tokens": consumed_samples * batch.seq_length,
         "num_parameters": cfg.model.num_parameters(padded_vocab),
         "vocab_size": vocab_size,
         "padded_vocab_size": padded_vocab,
