@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from fullchain.core import spec as spec_mod
 from fullchain.core.config import to_dataclass
-from fullchain.core.graph import stage_specs
+from fullchain.core.graph import nodes_of
 from fullchain.core.launchers import LauncherConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,8 +19,8 @@ def compose(*overrides: str) -> dict:
 
 def convert_all(spec: dict) -> dict:
     out = {}
-    for name, stage in stage_specs(spec).items():
-        out[name] = to_dataclass(stage.load_config_class(), spec[name], name)
+    for name, node in nodes_of(spec).items():
+        out[name] = to_dataclass(node.decl.config, spec[node.config_key], node.config_key)
     out["launcher"] = to_dataclass(LauncherConfig, spec["launcher"], "launcher")
     return out
 
@@ -38,7 +38,7 @@ def _options(group: str) -> list[str]:
 
 
 GROUP_OPTIONS = [(g, o) for g in ("data", "tokenizer", "model", "parallel", "pretrain", "tune",
-                                  "eval", "deploy", "agent", "launcher", "env")
+                                  "eval", "deploy", "agent", "launcher", "env", "benchmarks")
                  for o in _options(g)]
 
 
@@ -60,10 +60,26 @@ def test_every_group_option_converts(group, option):
 def test_default_graph_covers_all_six_stages():
     spec = compose()
     assert list(spec["graph"]) == ["data", "pretrain", "tune", "eval", "deploy", "agent"]
-    assert spec["graph"]["pretrain"]["inputs"] == ["data"]
+    assert spec["graph"]["pretrain"]["inputs"] == {"corpus": "data"}
+    assert spec["graph"]["eval"]["inputs"]["models"] == ["pretrain", "tune"]
 
 
 def test_tiny_experiment_is_the_cpu_demo():
     spec = compose("experiment=tiny")
     assert spec["stages"] == ["data", "pretrain"]
     assert spec["launcher"]["name"] == "local"
+
+
+def test_one_benchmark_list_is_decontaminated_and_scored(monkeypatch, tmp_path):
+    """The `benchmarks` group is interpolated into both stages: the data stage decontaminates
+    against exactly the sets the eval stage scores, and the demo (no ../shared/data) has none."""
+    monkeypatch.setenv("FULLCHAIN_SHARED_DATA", str(tmp_path))
+    tiny = compose("experiment=tiny")
+    assert tiny["benchmarks"] == tiny["data"]["decontamination"]["benchmarks"] == []
+    spec = compose("experiment=small_cpu")
+    names = [b["name"] for b in spec["benchmarks"]]
+    assert names == ["gsm8k", "arc_challenge", "boolq", "mmlu", "ceval", "cmmlu"]
+    assert spec["data"]["decontamination"]["benchmarks"] == spec["eval"]["benchmarks"] == spec["benchmarks"]
+    configs = convert_all(spec)
+    assert configs["data"].decontamination.benchmarks == configs["eval"].benchmarks
+    assert all(b.path.startswith(str(tmp_path)) for b in configs["eval"].benchmarks)

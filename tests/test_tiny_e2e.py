@@ -1,33 +1,11 @@
 """The tiny end-to-end run through the real CLI, as the README's demo does it: corpus (the
 Python standard library) -> data -> pretrain, then a second run that reuses every step."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from chain_testing import fullchain
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
-
-
-def fullchain(*args, env, check=True):
-    result = subprocess.run([sys.executable, "-m", "fullchain.core.cli", *args], capture_output=True,
-                            text=True, env=env, cwd=REPO, timeout=1800)
-    if check and result.returncode != 0:
-        raise AssertionError(f"fullchain {args} exited {result.returncode}\n{result.stderr[-5000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    env = dict(os.environ, FULLCHAIN_STORE=str(root / "artifacts"), FULLCHAIN_RUNS=str(root / "runs"),
-               FULLCHAIN_CACHE=str(root / "cache"))
-    # env=current: the stages run with this interpreter (the test's own environment)
-    first = fullchain("run", "experiment=tiny", "env=current", env=env)
-    return root, env, first
 
 
 def test_first_run_makes_every_artifact(tiny_run):
@@ -36,7 +14,12 @@ def test_first_run_makes_every_artifact(tiny_run):
     (data,) = (root / "artifacts" / "data").glob("*/manifest.json")
     (pretrain,) = (root / "artifacts" / "pretrain").glob("*/manifest.json")
     data_m, pre_m = json.loads(data.read_text()), json.loads(pretrain.read_text())
-    assert pre_m["inputs"]["data"]["step_id"] == data_m["step_id"]
+    assert pre_m["inputs"]["corpus"]["step_id"] == data_m["step_id"]
+    assert pre_m["inputs"]["corpus"]["node"] == "data"
+    assert set(pre_m["contracts"]) == {"megatron_checkpoint", "hf_model"}
+    assert pre_m["placement"] == {"world_size": 1, "accelerator": "cpu", "device_count": 0,
+                                  "transformer_engine": False}
+    assert pre_m["config"]["precision"] == "fp32" and pre_m["config"]["transformer_impl"] == "local"
     assert (data.parent / "dataset.json").is_file() and (data.parent / "tokenizer").is_dir()
     assert (pretrain.parent / "hf" / "config.json").is_file()
     assert data_m["environment"]["packages"]["megatron-core"]

@@ -121,3 +121,16 @@ def test_hydra_submitit_launcher_composes_for_sweeps():
 def test_local_launcher_refuses_many_processes():
     with pytest.raises(ConfigError, match="launcher.name: launcher 'local' starts one process"):
         to_dataclass(LauncherConfig, {"name": "local", "nproc_per_node": 2}, "launcher")
+
+
+def test_env_and_launcher_select_by_node_first_then_kind():
+    from fullchain.core.launchers import is_distributed
+
+    node = {"default": "main", "stage_env": {"tune": "train", "dpo": "rl"},
+            "envs": {"main": {"python": "/m"}, "train": {"python": "/t"}, "rl": {"python": "/r"}}}
+    assert env_for_stage(node, ("sft", "tune")).name == "train"   # by kind
+    assert env_for_stage(node, ("dpo", "tune")).name == "rl"      # the node's own wins
+    assert env_for_stage(node, ("chat", "data.chat")).name == "main"
+    torchrun = LauncherConfig(name="torchrun", nproc_per_node=2, distributed_stages=["tune", "eval_big"])
+    assert is_distributed(torchrun, ("dpo", "tune"))
+    assert is_distributed(torchrun, ("eval_big", "eval")) and not is_distributed(torchrun, ("eval", "eval"))

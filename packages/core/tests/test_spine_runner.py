@@ -27,7 +27,7 @@ def test_second_run_reuses_every_step(project):
         assert f"{stage:<9} {manifest['step_id']}  reused" in second.stderr
     square = manifests(project / "artifacts", "square")[0]
     assert square["metrics"]["value"] == pytest.approx(0.1 * (3 * 3 + 1 + 1 + 1 + 1))
-    assert square["inputs"]["count"]["step_id"] == manifests(project / "artifacts", "count")[0]["step_id"]
+    assert square["inputs"]["counts"]["step_id"] == manifests(project / "artifacts", "count")[0]["step_id"]
     assert square["environment"]["packages"]["fullchain-core"]
     assert (project / "artifacts" / "square" / square["step_id"] / "logs" / "stderr.log").is_file()
 
@@ -145,7 +145,7 @@ def test_show_prints_lineage_back_to_the_corpus(project):
     (square,) = manifests(project / "artifacts", "square")
     out = fullchain("show", "--conf", str(CONF), square["step_id"][:8]).stdout
     assert f"step id    {square['step_id']}" in out
-    assert "count " + square["inputs"]["count"]["step_id"] in out
+    assert "count " + square["inputs"]["counts"]["step_id"] in out
     assert f"<- corpus = {project / 'corpus.txt'}" in out
     by_dir = fullchain("show", str(project / "artifacts" / "square" / square["step_id"])).stdout
     assert by_dir.splitlines()[2:] == out.splitlines()[2:]

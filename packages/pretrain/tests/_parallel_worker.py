@@ -38,7 +38,7 @@ def run_stage(config_json: str, data_dir: str, out_dir: str) -> None:
     cfg = to_dataclass(PretrainConfig, json.loads(Path(config_json).read_text()), "pretrain")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = run(cfg, {"data": Artifact.load(data_dir)}, out)
+    metrics = run(cfg, {"corpus": Artifact.load(data_dir)}, out)
     rank = int(os.environ.get("RANK", "0"))
     (out / f"result_rank{rank}.json").write_text(json.dumps(metrics))
 

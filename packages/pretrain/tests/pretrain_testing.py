@@ -38,6 +38,8 @@ def build_data_artifact(root: Path, text_bytes: int = 300_000, vocab_size: int =
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(documents, trainer)
+    from fullchain.core.contracts import PackedSplit, validate_outputs, write_packed_corpus
+
     tokenizer_dir = root / "tokenizer"
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
                             pad_token="<|pad|>").save_pretrained(tokenizer_dir)
@@ -57,12 +59,15 @@ def build_data_artifact(root: Path, text_bytes: int = 300_000, vocab_size: int =
             tokens += len(ids)
             builder.add_document(torch.tensor(ids), [len(ids)])
         builder.finalize(str(prefix) + ".idx")
-        splits[name] = {"prefixes": [f"packed/shakespeare/{name}"], "weights": [1.0],
-                        "num_tokens": [tokens], "num_documents": [len(docs)]}
-    (root / "dataset.json").write_text(json.dumps({
-        "format": "megatron-indexed", "tokenizer": "tokenizer", "vocab_size": tokenizer.get_vocab_size(),
-        "eod_id": eod, "pad_id": pad, "bos_id": None, "dtype": "uint16", "splits": splits}, indent=2))
-    (root / "manifest.json").write_text(json.dumps({"stage": "data", "step_id": "fixture-data"}))
+        splits[name] = PackedSplit(prefixes=[f"packed/shakespeare/{name}"], weights=[1.0],
+                                   num_tokens=[tokens], num_documents=[len(docs)])
+    # core's packed_corpus writer (what the data stage calls), and a manifest declaring the
+    # contracts as the runner would after the worker validated them
+    write_packed_corpus(root, tokenizer="tokenizer", vocab_size=tokenizer.get_vocab_size(),
+                        eod_id=eod, pad_id=pad, bos_id=None, dtype="uint16", splits=splits)
+    contracts = validate_outputs(root, {"packed_corpus": "dataset.json", "tokenizer": "tokenizer"})
+    (root / "manifest.json").write_text(json.dumps({"stage": "data", "step_id": "fixture-data",
+                                                    "contracts": contracts}))
     return root
 
 
@@ -176,4 +181,4 @@ def run_in_process(cfg, data_dir: Path, out: Path) -> dict:
     from fullchain.pretrain import run
 
     out.mkdir(parents=True, exist_ok=True)
-    return run(cfg, {"data": Artifact.load(data_dir)}, out)
+    return run(cfg, {"corpus": Artifact.load(data_dir)}, out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from fullchain.core.contracts import Role, Stage
 
 
 @dataclass
@@ -29,3 +30,11 @@ class AgentConfig:
     """Limits of tool execution."""
     eval_set: str | None = field(default=None, metadata={"hash": "content"})
     """Tool-use benchmark to score the agent on (e.g. BFCL subset); hashed by content."""
+
+
+# The agent talks to a served model and is scored on a task set.
+STAGE = Stage(kind="agent", module="fullchain.agent", config=AgentConfig,
+              inputs={"endpoint": Role("deployment", serve=True, doc="the served model"),
+                      "tasks": Role("conversations", optional=True,
+                                    doc="tool-use tasks (held-out split) to score")},
+              outputs={})

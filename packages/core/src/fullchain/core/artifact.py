@@ -37,24 +37,25 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         raise
 
 
-def read_manifest(path: Path) -> dict[str, Any] | None:
+def read_manifest(path: Path, node: str | None = None) -> dict[str, Any] | None:
     """The manifest of the artifact at `path`, None when there is none (step not complete).
 
-    A manifest that exists but cannot be parsed raises ArtifactError naming the file."""
+    A manifest that exists but cannot be parsed raises ArtifactError naming the file and the
+    two fixes that work; `node` (the graph node whose step writes `path`) makes the second exact."""
     file = Path(path) / MANIFEST
     if not file.is_file():
         return None
+    force = (f"`fullchain run ... force=[{node}]` (with {node} among the run's stages)" if node
+             else "`fullchain run ... force=[<node>]` for the graph node that writes it")
+    fix = (f"The step's output cannot be trusted; to recompute it, delete the directory "
+           f"{file.parent}, or run {force}.")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(
-            f"corrupt manifest {file}: {exc}. The step's output cannot be trusted; delete the "
-            f"directory {file.parent} (or `fullchain run` with `force=[{file.parent.parent.name}]`) "
-            "to recompute it."
-        ) from exc
+        raise ArtifactError(f"corrupt manifest {file}: {exc}. {fix}") from exc
     for key in ("stage", "step_id"):
         if key not in manifest:
-            raise ArtifactError(f"corrupt manifest {file}: required key '{key}' is missing.")
+            raise ArtifactError(f"corrupt manifest {file}: required key '{key}' is missing. {fix}")
     return manifest
 
 
@@ -64,9 +65,11 @@ class Artifact:
 
     path: Path
     manifest: dict[str, Any] = field(repr=False)
+    url: str | None = None
+    """Base URL of the server the runner started from this artifact (service roles only)."""
 
     @classmethod
-    def load(cls, path: str | Path) -> Artifact:
+    def load(cls, path: str | Path, url: str | None = None) -> Artifact:
         path = Path(path)
         if not path.is_dir():
             raise ArtifactError(f"artifact directory {path} does not exist.")
@@ -76,11 +79,17 @@ class Artifact:
                 f"{path} has no {MANIFEST}: the step that writes it did not finish "
                 "(it failed or was killed); it is not a usable input."
             )
-        return cls(path=path, manifest=manifest)
+        return cls(path=path, manifest=manifest, url=url)
 
     @property
     def stage(self) -> str:
+        """The stage kind that made it."""
         return self.manifest["stage"]
+
+    @property
+    def node(self) -> str:
+        """The graph node that made it (the kind, for artifacts older than nodes)."""
+        return self.manifest.get("node", self.manifest["stage"])
 
     @property
     def step_id(self) -> str:

@@ -85,12 +85,18 @@ def env_specs(env_node: dict[str, Any]) -> dict[str, EnvSpec]:
     return specs
 
 
-def env_for_stage(env_node: dict[str, Any], stage: str) -> EnvSpec:
+def env_for_stage(env_node: dict[str, Any], stage: str | tuple[str, ...]) -> EnvSpec:
+    """The environment of a step: `stage_env` by node name, else by stage kind, else `default`
+    (`stage` is a name, or a step's (node, kind) names in that order)."""
     specs = env_specs(env_node)
-    name = (env_node.get("stage_env") or {}).get(stage) or env_node.get("default")
+    names = (stage,) if isinstance(stage, str) else tuple(stage)
+    table = env_node.get("stage_env") or {}
+    key = next((n for n in names if table.get(n)), None)
+    name = table[key] if key else env_node.get("default")
     if name not in specs:
+        where = f"env.stage_env.{key}" if key else "env.default"
         raise ConfigError(
-            f"env.stage_env.{stage}: environment '{name}' is not defined; defined environments: "
+            f"{where}: environment '{name}' is not defined; defined environments: "
             f"{sorted(specs)} (conf/env/*.yaml)"
         )
     return specs[name]

@@ -1,12 +1,20 @@
-"""The step graph: stages from the spec's `graph` table, each with its config, inputs and id.
-
-The table is explicit (no registry filled by import side effects):
+"""The step graph: nodes of a stage kind, wired by role, each with its config, inputs and id.
 
     graph:
-      data:     {inputs: []}                  # module defaults to fullchain.<name>
-      pretrain: {inputs: [data]}
+      data:      {stage: data}
+      pretrain:  {stage: pretrain, inputs: {corpus: data}}
+      sft:       {stage: tune, inputs: {model: pretrain}}
+      dpo:       {stage: tune, config: dpo, inputs: {model: sft}}
+      eval:      {stage: eval, inputs: {models: [pretrain, sft, dpo]}}
 
-`stages` names the targets; their upstream steps are part of the graph too (their ids feed
+A node names its kind (`stage`, default: the node's name); the kind's declaration (`STAGE` in
+`fullchain.<kind>.config`, or in `<module>.config` when the node gives `module`) says which
+roles it accepts and which artifact types it provides, so a wrong wiring is a config error
+before anything runs. A node's config is the spec key `config` (default: the node's own name
+when the spec has that key, else the kind's config group), so two nodes of one kind can differ
+(`tune@dpo: dpo` in the defaults list puts a second tune config under `dpo`).
+
+`stages` names the target nodes; their upstream nodes are part of the graph too (their ids feed
 the targets' ids) and must be complete or selected.
 """
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 
 from fullchain.core.artifact import MANIFEST, ArtifactError, read_manifest
 from fullchain.core.config import ConfigError, to_dataclass, to_plain
+from fullchain.core.contracts import Role, Stage
 from fullchain.core.hashing import (
     ContentHasher,
     code_version,
@@ -28,77 +37,146 @@ from fullchain.core.hashing import (
     hash_view,
 )
 
+_NODE_KEYS = ("config", "inputs", "module", "stage")
+
 
 @dataclass
-class StageSpec:
+class Node:
     name: str
-    module: str
-    inputs: list[str]
-    config_class: str
+    kind: str
+    decl: Stage
+    config_key: str
+    inputs: dict[str, list[str] | str]
+    """Role -> upstream node name (or a list of them for a role with many=True)."""
 
-    def load_config_class(self) -> type:
-        module_name, _, class_name = self.config_class.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"graph.{self.name}: cannot import its config module '{module_name}' ({exc}). "
-                f"Install the stage package (`pip install -e packages/{self.name}`) in the "
-                "environment that runs `fullchain`."
-            ) from exc
-        try:
-            return getattr(module, class_name)
-        except AttributeError as exc:
-            raise ConfigError(f"graph.{self.name}.config_class: {module_name} has no {class_name}") from exc
+    def upstream(self) -> list[str]:
+        out: list[str] = []
+        for value in self.inputs.values():
+            out += value if isinstance(value, list) else [value]
+        return out
 
 
 @dataclass
 class Step:
-    stage: StageSpec
-    config: Any  # the stage's config dataclass instance
-    inputs: dict[str, Step]
+    node: Node
+    config: Any  # the stage's config dataclass instance, `auto` values resolved
+    inputs: dict[str, Step | list[Step]]
     code_version: str
     payload: dict
     step_id: str
     path: Path
     selected: bool  # a target of this run (else an upstream that must already be complete)
+    placement: dict = field(default_factory=dict)
+    urls: dict = field(default_factory=dict)
+    """Role -> base URL of the server the runner started for a serve role (while it runs)."""
     status: str = "to-run"  # cached | to-run
     reason: str = ""
     manifest: dict | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
-        return self.stage.name
+        """The node's name in the graph."""
+        return self.node.name
+
+    @property
+    def kind(self) -> str:
+        return self.node.kind
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Node name, then kind: what env/launcher selections match (the node's own wins)."""
+        return (self.name, self.kind) if self.name != self.kind else (self.name,)
+
+    @property
+    def stage(self) -> Stage:
+        return self.node.decl
 
     @property
     def config_dict(self) -> dict:
         return to_plain(self.config)
 
+    def input_steps(self) -> list[tuple[str, Step]]:
+        """(role, upstream step) pairs, a many-role giving one pair per upstream."""
+        pairs = []
+        for role, value in self.inputs.items():
+            for step in value if isinstance(value, list) else [value]:
+                pairs.append((role, step))
+        return pairs
 
-def stage_specs(spec: dict) -> dict[str, StageSpec]:
+
+def load_declaration(module: str, where: str) -> Stage:
+    """`STAGE` of `<module>.config` (the stage package's light, stdlib-only config module)."""
+    config_module = f"{module}.config"
+    try:
+        mod = importlib.import_module(config_module)
+    except ImportError as exc:
+        package = module.split(".")[1] if module.startswith("fullchain.") else module
+        raise ConfigError(
+            f"{where}: cannot import '{config_module}' ({exc}). Install the stage package "
+            f"(`pip install -e packages/{package}`) in the environment that runs `fullchain`."
+        ) from exc
+    decl = getattr(mod, "STAGE", None)
+    if not isinstance(decl, Stage):
+        raise ConfigError(f"{where}: {config_module} has no STAGE declaration "
+                          "(fullchain.core.contracts.Stage: module, config, inputs, outputs)")
+    return decl
+
+
+def nodes_of(spec: dict) -> dict[str, Node]:
+    """Parse and check the `graph` table (names, keys, roles, references); no types yet."""
     graph = spec.get("graph")
     if not isinstance(graph, dict) or not graph:
-        raise ConfigError("graph: the spec needs a non-empty 'graph' table of stages")
-    specs = {}
-    for name, node in graph.items():
-        node = node or {}
-        unknown = set(node) - {"module", "inputs", "config_class"}
+        raise ConfigError("graph: the spec needs a non-empty 'graph' table of nodes")
+    nodes = {}
+    for name, entry in graph.items():
+        entry = entry or {}
+        where = f"graph.{name}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping like {{stage: tune, inputs: {{model: "
+                              f"pretrain}}}}, got {entry!r}")
+        unknown = sorted(set(entry) - set(_NODE_KEYS))
         if unknown:
-            raise ConfigError(f"graph.{name}.{sorted(unknown)[0]}: unknown key; allowed: "
-                              "['config_class', 'inputs', 'module']")
-        module = node.get("module") or f"fullchain.{name}"
-        inputs = list(node.get("inputs") or [])
-        for upstream in inputs:
-            if upstream not in graph:
-                raise ConfigError(f"graph.{name}.inputs: '{upstream}' is not a stage of the graph "
-                                  f"(stages: {sorted(graph)})")
-        class_name = "".join(part.capitalize() for part in name.split("_")) + "Config"
-        specs[name] = StageSpec(name, module, inputs,
-                                node.get("config_class") or f"{module}.config:{class_name}")
-    return specs
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: {list(_NODE_KEYS)}")
+        named = entry.get("stage") or (None if entry.get("module") else name)
+        decl = load_declaration(entry.get("module") or f"fullchain.{named}", f"{where}.stage")
+        if named is not None and str(named) != decl.kind:
+            raise ConfigError(f"{where}.stage: '{named}', but {decl.module}.config declares the "
+                              f"kind '{decl.kind}'")
+        kind = decl.kind
+        inputs = entry.get("inputs") or {}
+        if isinstance(inputs, list):
+            raise ConfigError(
+                f"{where}.inputs: inputs are named by role now, e.g. inputs: {{"
+                + ", ".join(f"{r}: ..." for r in decl.inputs) + f"}} (roles of {kind}: "
+                f"{sorted(decl.inputs) or 'none'}); got the list {inputs}")
+        if not isinstance(inputs, dict):
+            raise ConfigError(f"{where}.inputs: expected a mapping role -> node, got {inputs!r}")
+        for role, value in inputs.items():
+            if role not in decl.inputs:
+                raise ConfigError(f"{where}.inputs.{role}: stage '{kind}' has no role '{role}'; "
+                                  f"its roles: {sorted(decl.inputs) or 'none'}")
+            accepted = decl.inputs[role]
+            if isinstance(value, list) and not accepted.many:
+                raise ConfigError(f"{where}.inputs.{role}: takes one node, got the list {value}")
+            for upstream in value if isinstance(value, list) else [value]:
+                if upstream not in graph:
+                    raise ConfigError(f"{where}.inputs.{role}: '{upstream}' is not a node of the "
+                                      f"graph (nodes: {sorted(graph)})")
+                if upstream == name:
+                    raise ConfigError(f"{where}.inputs.{role}: a node cannot read itself")
+        for role, accepted in decl.inputs.items():
+            if role not in inputs and not accepted.optional:
+                raise ConfigError(f"{where}.inputs.{role}: required role of stage '{kind}' is not "
+                                  f"wired (it takes a {accepted.type} artifact)")
+        inputs = {role: list(v) if isinstance(v, list) else (
+            [v] if decl.inputs[role].many else v) for role, v in inputs.items()}
+        config_key = entry.get("config") or (name if name in spec else decl.config_group)
+        nodes[name] = Node(name=name, kind=kind, decl=decl, config_key=str(config_key),
+                           inputs=inputs)
+    return nodes
 
 
-def _topological(specs: dict[str, StageSpec], targets: list[str]) -> list[str]:
+def _topological(nodes: dict[str, Node], targets: list[str]) -> list[str]:
     order: list[str] = []
     visiting: set[str] = set()
 
@@ -108,7 +186,7 @@ def _topological(specs: dict[str, StageSpec], targets: list[str]) -> list[str]:
         if name in visiting:
             raise ConfigError(f"graph: cycle {' -> '.join(chain + [name])}")
         visiting.add(name)
-        for upstream in specs[name].inputs:
+        for upstream in nodes[name].upstream():
             visit(upstream, chain + [name])
         visiting.discard(name)
         order.append(name)
@@ -118,36 +196,70 @@ def _topological(specs: dict[str, StageSpec], targets: list[str]) -> list[str]:
     return order
 
 
-def build(spec: dict, store: Path, hasher: ContentHasher | None = None) -> list[Step]:
-    """Validate the spec and compute every step's id and cache status. Runs nothing."""
-    specs = stage_specs(spec)
-    targets = spec.get("stages")
-    if isinstance(targets, str):
-        targets = [targets]
+def _check_role(node: Node, role: str, accepted: Role, upstream: Step) -> None:
+    provided = upstream.stage.outputs_for(upstream.config)
+    if accepted.type not in provided:
+        raise ConfigError(
+            f"graph.{node.name}.inputs.{role}: takes a {accepted.type} artifact, but node "
+            f"'{upstream.name}' (stage {upstream.kind}) provides "
+            f"{sorted(provided) or 'no typed output'} with its config")
+
+
+def _select(spec: dict, key: str, nodes: dict[str, Node]) -> list[str]:
+    names = spec.get(key) or []
+    if isinstance(names, str):
+        names = [names]
+    for name in names:
+        if name not in nodes:
+            raise ConfigError(f"{key}: '{name}' is not a node of the graph; nodes: {list(nodes)}")
+    return list(names)
+
+
+def build(spec: dict, store: Path, hasher: ContentHasher | None = None,
+          placements=None) -> list[Step]:
+    """Validate the spec and compute every step's id and cache status. Runs nothing.
+
+    `placements(node) -> Placement | None` says where each step will run; configs with a
+    `resolve(placement)` method resolve their `auto` values from it before hashing."""
+    nodes = nodes_of(spec)
+    targets = _select(spec, "stages", nodes)
     if not targets:
-        raise ConfigError("stages: empty; name the stages to run, e.g. stages=[data,pretrain]")
-    for name in targets:
-        if name not in specs:
-            raise ConfigError(f"stages: '{name}' is not a stage of the graph; allowed: {list(specs)}")
-    force = set(spec.get("force") or [])
-    for name in force:
-        if name not in specs:
-            raise ConfigError(f"force: '{name}' is not a stage of the graph; allowed: {list(specs)}")
+        raise ConfigError("stages: empty; name the nodes to run, e.g. stages=[data,pretrain]")
+    force = set(_select(spec, "force", nodes))
     hasher = hasher or ContentHasher()
     steps: dict[str, Step] = {}
-    for name in _topological(specs, list(targets)):
-        stage = specs[name]
-        if name not in spec:
-            raise ConfigError(f"{name}: the spec has no '{name}' node (config group conf/{name}/)")
-        cls = stage.load_config_class()
-        config = to_dataclass(cls, spec[name], name)
-        inputs = {up: steps[up] for up in stage.inputs}
-        code = code_version(stage.module)
-        payload = hash_payload(name, hash_view(config, hasher, name),
-                               {up: s.step_id for up, s in inputs.items()}, code)
+    codes: dict[str, str] = {}
+    for name in _topological(nodes, targets):
+        node = nodes[name]
+        if node.config_key not in spec:
+            raise ConfigError(f"{name}: the spec has no '{node.config_key}' node for graph.{name} "
+                              f"(config group conf/{node.config_key}/, or graph.{name}.config)")
+        config = to_dataclass(node.decl.config, spec[node.config_key], node.config_key)
+        placement = placements(node) if placements else None
+        if placement is not None and callable(getattr(config, "resolve", None)):
+            try:
+                config.resolve(placement)
+            except (ValueError, TypeError) as exc:
+                text = str(exc)
+                raise ConfigError(f"{node.config_key}.{text}" if text[:1].isidentifier()
+                                  else f"{node.config_key}: {text}") from exc
+        inputs: dict[str, Step | list[Step]] = {}
+        for role, value in node.inputs.items():
+            ups = [steps[u] for u in (value if isinstance(value, list) else [value])]
+            for up in ups:
+                _check_role(node, role, node.decl.inputs[role], up)
+            inputs[role] = ups if isinstance(value, list) else ups[0]
+        key = (node.decl.module, node.decl.code_excludes)
+        if str(key) not in codes:
+            codes[str(key)] = code_version(node.decl.module, exclude=node.decl.code_excludes)
+        code = codes[str(key)]
+        input_ids = {role: [s.step_id for s in v] if isinstance(v, list) else v.step_id
+                     for role, v in inputs.items()}
+        payload = hash_payload(node.kind, hash_view(config, hasher, node.config_key), input_ids, code)
         sid = digest(payload)
-        step = Step(stage=stage, config=config, inputs=inputs, code_version=code, payload=payload,
-                    step_id=sid, path=Path(store) / name / sid, selected=name in targets)
+        step = Step(node=node, config=config, inputs=inputs, code_version=code, payload=payload,
+                    step_id=sid, path=Path(store) / node.kind / sid, selected=name in targets,
+                    placement=placement.as_dict() if placement is not None else {})
         _set_status(step, Path(store), forced=name in force)
         steps[name] = step
     hasher.save()
@@ -155,10 +267,20 @@ def build(spec: dict, store: Path, hasher: ContentHasher | None = None) -> list[
 
 
 def _set_status(step: Step, store: Path, forced: bool) -> None:
-    manifest = read_manifest(step.path)
-    if manifest is not None and manifest.get("step_id") != step.step_id:
-        raise ArtifactError(f"corrupt manifest {step.path / MANIFEST}: it says step_id "
-                            f"{manifest.get('step_id')!r}, the directory is {step.step_id}")
+    try:
+        manifest = read_manifest(step.path, node=step.name)
+        if manifest is not None and manifest.get("step_id") != step.step_id:
+            raise ArtifactError(f"corrupt manifest {step.path / MANIFEST}: it says step_id "
+                                f"{manifest.get('step_id')!r}, the directory is {step.step_id}. "
+                                f"To recompute it, delete the directory {step.path}, or run "
+                                f"`fullchain run ... force=[{step.name}]`.")
+    except ArtifactError:
+        if not forced:
+            raise
+        # force recomputes the step whatever its directory holds; the runner starts it empty
+        step.manifest, step.status = None, "to-run"
+        step.reason = "forced (force=[...]); the manifest there is corrupt"
+        return
     step.manifest = manifest
     if manifest is not None and not forced:
         step.status, step.reason = "cached", "complete artifact"
@@ -173,21 +295,25 @@ def _set_status(step: Step, store: Path, forced: bool) -> None:
 
 
 def why_not_cached(step: Step, store: Path) -> str:
-    """Compare with the newest complete artifact of the same stage: which field/input changed."""
+    """Compare with the newest complete artifact of the same kind (the same node's, if any):
+    which field or input changed."""
     previous = None
-    stage_dir = store / step.name
+    stage_dir = store / step.kind
     if stage_dir.is_dir():
         for manifest_file in stage_dir.glob(f"*/{MANIFEST}"):
             try:
                 manifest = json.loads(manifest_file.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if "hash_payload" in manifest and (
-                previous is None or manifest.get("ended_at", "") > previous.get("ended_at", "")
-            ):
-                previous = manifest
+            if "hash_payload" not in manifest:
+                continue
+            rank = (manifest.get("node", manifest.get("stage")) == step.name,
+                    manifest.get("ended_at", ""))
+            if previous is None or rank > previous[0]:
+                previous = (rank, manifest)
     if previous is None:
         return "never run"
+    previous = previous[1]
     changes = diff_payloads(previous["hash_payload"], step.payload)
     if not changes:
         return "same inputs as an existing artifact (store was edited?)"

@@ -132,8 +132,9 @@ def _content_view(value: Any, hasher: ContentHasher, path: str) -> Any:
     return {"sha256": hasher.path_digest(str(value), path)}
 
 
-def code_version(module: str) -> str:
-    """Hash of a stage package's source (every .py file, and package data files beside them).
+def code_version(module: str, exclude: tuple[str, ...] = ()) -> str:
+    """Hash of a stage package's source (every .py file, and package data files beside them),
+    minus the sub-packages in `exclude` (other stage kinds living in the same package).
 
     Found through the import system of this interpreter; `fullchain plan` therefore needs each
     stage package importable (installed) in the driver environment (only its light config
@@ -152,6 +153,7 @@ def code_version(module: str) -> str:
             for f in root.rglob("*")
             if f.is_file() and f.suffix in {".py", ".jinja", ".json", ".yaml", ".txt"}
             and "__pycache__" not in f.parts and "tests" not in f.relative_to(root).parts
+            and f.relative_to(root).parts[0] not in exclude
         )
         entries = [(str(f.relative_to(roots[0])) if f.is_relative_to(roots[0]) else f.name,
                     hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]
@@ -159,10 +161,6 @@ def code_version(module: str) -> str:
         origin = Path(spec.origin)
         entries = [(origin.name, hashlib.sha256(origin.read_bytes()).hexdigest())]
     return digest(entries)
-
-
-def step_id(stage: str, config_view: Any, input_ids: dict[str, str], code: str) -> str:
-    return digest(hash_payload(stage, config_view, input_ids, code))
 
 
 def hash_payload(stage: str, config_view: Any, input_ids: dict[str, str], code: str) -> dict:

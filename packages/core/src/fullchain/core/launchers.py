@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,7 +45,7 @@ class LauncherConfig:
     name: Literal["local", "torchrun", "slurm"] = "local"
     """Which launcher starts step processes."""
     distributed_stages: list[str] = field(default_factory=lambda: ["pretrain", "tune"])
-    """Stages whose process is a torchrun group (others always run as one process)."""
+    """Nodes or stage kinds whose process is a torchrun group (others run as one process)."""
     nproc_per_node: int = 1
     """Processes per node for distributed stages (= GPUs per node on a GPU cluster)."""
     nnodes: int = 1
@@ -64,8 +65,14 @@ class LauncherConfig:
                              "launcher=torchrun for nproc_per_node > 1")
 
 
-def is_distributed(launcher: LauncherConfig, stage: str) -> bool:
-    return (launcher.name != "local" and stage in launcher.distributed_stages
+def _listed(launcher: LauncherConfig, stage: str | tuple[str, ...]) -> bool:
+    """`stage` (a name, or a step's (node, kind) names) is in `distributed_stages`."""
+    names = (stage,) if isinstance(stage, str) else stage
+    return any(name in launcher.distributed_stages for name in names)
+
+
+def is_distributed(launcher: LauncherConfig, stage: str | tuple[str, ...]) -> bool:
+    return (launcher.name != "local" and _listed(launcher, stage)
             and launcher.nproc_per_node * launcher.nnodes > 1)
 
 
@@ -90,7 +97,7 @@ def step_command(launcher: LauncherConfig, stage: str, module: str, python: Path
 def slurm_parameters(launcher: LauncherConfig, stage: str, job_name: str) -> dict:
     """submitit SlurmExecutor parameters for one step's job."""
     s = launcher.slurm
-    distributed = stage in launcher.distributed_stages
+    distributed = _listed(launcher, stage)
     params = {
         "job_name": job_name,
         "time": s.timeout_min,
@@ -140,3 +147,19 @@ def submit_slurm(launcher: LauncherConfig, stage: str, module: str, python: Path
     executor.update_parameters(**slurm_parameters(launcher, stage, job_name))
     shell = slurm_shell_command(launcher, stage, module, python, request)
     return executor.submit(submitit.helpers.CommandFunction(["bash", "-c", shell], env=env))
+
+
+def cancel_slurm(job_ids: list[str], command: tuple[str, ...] = ("scancel",)) -> list[str]:
+    """Cancel SLURM jobs (what submitit's Job.cancel runs, with a timeout and a clear error).
+    `command` is the program and its leading arguments. Returns the argv that ran; raises
+    RuntimeError when it fails, naming the command to run by hand."""
+    argv = [*command, *map(str, job_ids)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"could not cancel SLURM job(s) {' '.join(map(str, job_ids))} "
+                           f"({exc}); cancel by hand: {shlex.join(argv)}") from exc
+    if done.returncode != 0:
+        raise RuntimeError(f"`{shlex.join(argv)}` exited {done.returncode}: "
+                           f"{done.stderr.strip() or done.stdout.strip()}")
+    return argv

@@ -1,3 +1,4 @@
+from fullchain.core.contracts import Role, Stage
 from dataclasses import dataclass, field
 
 
@@ -9,3 +10,7 @@ class CountConfig:
     """Fold case before counting."""
     workers: int = field(default=1, metadata={"hash": False})
     """Does not affect output."""
+
+
+STAGE = Stage(kind="count", module="toy_stages.count", config=CountConfig,
+              outputs={"word_counts": "counts.json"})

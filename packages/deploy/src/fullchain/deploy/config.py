@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from fullchain.core.contracts import Role, Stage
 
 
 @dataclass
@@ -21,3 +22,9 @@ class DeployConfig:
     """Concurrent sequences."""
     quantization: Literal["none", "awq"] = "none"
     """Weight quantization (LMDeploy lite auto_awq)."""
+
+
+# Deploy turns a HF model into a deployment: a service the runner can start for dependents.
+STAGE = Stage(kind="deploy", module="fullchain.deploy", config=DeployConfig,
+              inputs={"model": Role("hf_model", doc="the model to serve")},
+              outputs={"deployment": "."})

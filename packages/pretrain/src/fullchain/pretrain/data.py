@@ -1,6 +1,6 @@
 """The data artifact's packed token files -> Megatron GPT datasets and per-rank batches.
 
-The data stage writes `dataset.json` (format "megatron-indexed") next to Megatron .bin/.idx
+The data stage writes `dataset.json` (core's `packed_corpus` contract) next to Megatron .bin/.idx
 files; here it becomes `BlendedMegatronDatasetBuilder(GPTDataset)` with one blend per split.
 Batches follow Megatron's pretraining sampler: step k of the run reads samples
 [k * global_batch, (k + 1) * global_batch) of the (shuffled, blended) train dataset, and each
@@ -10,105 +10,28 @@ checkpoint is therefore one integer, the number of samples consumed.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fullchain.core.artifact import Artifact
+from fullchain.core.contracts import PackedCorpus, PackedSplit, read_packed_corpus
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 
 
-@dataclass(frozen=True)
-class SplitSpec:
-    """One split of the data artifact: Megatron path prefixes (absolute) and blend weights."""
-
-    prefixes: list[str]
-    weights: list[float]
-    num_tokens: list[int]
+# The packed corpus is core's `packed_corpus` contract: the data stage writes it, core reads and
+# checks it; these are its names here.
+SplitSpec = PackedSplit
+DatasetSpec = PackedCorpus
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What `dataset.json` says, with paths made absolute."""
-
-    path: Path
-    tokenizer_dir: Path
-    vocab_size: int
-    eod_id: int
-    pad_id: int
-    bos_id: int | None
-    dtype: str
-    splits: dict[str, SplitSpec]
-
-
-def _require(doc: dict, key: str, kind: type | tuple, file: Path) -> Any:
-    if key not in doc:
-        raise ValueError(f"{file}: required key '{key}' is missing")
-    value = doc[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ValueError(f"{file}: key '{key}' is {value!r}, expected {kind}")
-    return value
-
-
-def read_dataset_spec(artifact_dir: str | Path) -> DatasetSpec:
-    """Parse and check the data artifact's `dataset.json`; errors name the file and the key."""
-    root = Path(artifact_dir)
-    file = root / "dataset.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: the data artifact has no dataset.json")
-    try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON: {exc}") from exc
-    fmt = _require(doc, "format", str, file)
-    if fmt != "megatron-indexed":
-        raise ValueError(f"{file}: key 'format' is {fmt!r}, the pretrain stage reads 'megatron-indexed'")
-    dtype = _require(doc, "dtype", str, file)
-    if dtype not in ("uint16", "int32"):
-        raise ValueError(f"{file}: key 'dtype' is {dtype!r}, expected 'uint16' or 'int32'")
-    bos = doc.get("bos_id")
-    if bos is not None and not isinstance(bos, int):
-        raise ValueError(f"{file}: key 'bos_id' is {bos!r}, expected an integer or null")
-    splits_doc = _require(doc, "splits", dict, file)
-    splits: dict[str, SplitSpec] = {}
-    for name, split in splits_doc.items():
-        if name not in SPLITS:
-            raise ValueError(f"{file}: splits.{name}: unknown split (expected {', '.join(SPLITS)})")
-        where = f"{file}: splits.{name}"
-        prefixes = split.get("prefixes")
-        if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
-            raise ValueError(f"{where}.prefixes must be a list of path prefixes")
-        weights = split.get("weights") or [1.0] * len(prefixes)
-        num_tokens = split.get("num_tokens") or [0] * len(prefixes)
-        if len(weights) != len(prefixes):
-            raise ValueError(f"{where}.weights has {len(weights)} entries for {len(prefixes)} prefixes")
-        if any(not isinstance(w, (int, float)) or w < 0 for w in weights):
-            raise ValueError(f"{where}.weights must be non-negative numbers, got {weights}")
-        absolute = []
-        for prefix in prefixes:
-            full = root / prefix
-            for suffix in (".bin", ".idx"):
-                if not Path(str(full) + suffix).is_file():
-                    raise FileNotFoundError(f"{where}.prefixes: {full}{suffix} does not exist")
-            absolute.append(str(full))
-        if absolute:
-            splits[name] = SplitSpec(absolute, [float(w) for w in weights], list(num_tokens))
-    if "train" not in splits:
-        raise ValueError(f"{file}: splits.train is missing or has no prefixes")
-    return DatasetSpec(
-        path=root,
-        tokenizer_dir=root / _require(doc, "tokenizer", str, file),
-        vocab_size=_require(doc, "vocab_size", int, file),
-        eod_id=_require(doc, "eod_id", int, file),
-        pad_id=_require(doc, "pad_id", int, file),
-        bos_id=bos,
-        dtype=dtype,
-        splits=splits,
-    )
+def read_dataset_spec(source: Artifact | str | Path) -> DatasetSpec:
+    """The data artifact's packed corpus, checked; errors name the file and the key."""
+    return read_packed_corpus(source)
 
 
 class _SpecialTokens:

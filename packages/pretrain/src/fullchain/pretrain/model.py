@@ -143,8 +143,9 @@ def to_transformer_config(model: ModelConfig, parallel: Any, precision: str = "f
     )
 
 
-def layer_spec(config: Any):
-    """TransformerEngine layer spec when TE imports and CUDA is present, megatron's local spec otherwise.
+def layer_spec(config: Any, transformer_impl: str = "auto"):
+    """TransformerEngine's layer spec or megatron's local one: `transformer_impl` as resolved by
+    the config ("auto": TE when it imports and CUDA is present).
 
     The local spec's core attention is swapped for `attention.SDPACoreAttention` (torch's fused
     scaled_dot_product_attention; megatron's own `DotProductAttention` materialises the scores
@@ -153,7 +154,9 @@ def layer_spec(config: Any):
     from fullchain.pretrain.attention import SDPACoreAttention
     from megatron.core.models.gpt import gpt_layer_specs
 
-    if transformer_engine_available():
+    if transformer_impl == "auto":
+        transformer_impl = "transformer_engine" if transformer_engine_available() else "local"
+    if transformer_impl == "transformer_engine":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
@@ -163,7 +166,7 @@ def layer_spec(config: Any):
 def build_gpt_model(model: ModelConfig, parallel: Any, vocab_size: int, seq_length: int,
                     precision: str = "fp32", recompute: str = "none",
                     pre_process: bool | None = None, post_process: bool | None = None,
-                    seed: int | None = None):
+                    seed: int | None = None, transformer_impl: str = "auto"):
     """Build this rank's GPTModel chunk (needs `distributed.initialize` first).
 
     `vocab_size` is the PADDED size (see `padded_vocab_size`). pre/post_process default to
@@ -193,7 +196,7 @@ def build_gpt_model(model: ModelConfig, parallel: Any, vocab_size: int, seq_leng
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     gpt = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config),
+        transformer_layer_spec=layer_spec(config, transformer_impl),
         vocab_size=vocab_size,
         max_sequence_length=model.max_position_embeddings,
         pre_process=pre_process,

@@ -1,11 +1,11 @@
 """The pretrain stage: data artifact in, trained model artifact out.
 
-Artifact layout (`out`):
+Artifact layout (`out`), the types it provides in brackets:
     checkpoints/iter_NNNNNNN/   megatron dist checkpoints (model, optimizer, scheduler, data position, RNG)
-    checkpoints/latest.json     the last complete checkpoint, written after it completed
+    checkpoints/latest.json     the last complete checkpoint, written after it completed [megatron_checkpoint]
     model.json                  the resolved ModelConfig + vocab_size, padded_vocab_size, seq_length
     metrics.jsonl, tensorboard/, loss.png
-    hf/                         Hugging Face Llama export with the data stage's tokenizer (export_hf)
+    hf/                         Hugging Face Llama export with the data stage's tokenizer (export_hf) [hf_model]
 Runs on every rank under torchrun; re-running in the same `out` resumes from the last checkpoint.
 """
 
@@ -43,14 +43,15 @@ def _rank() -> int:
 
 
 def run(cfg: PretrainConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
-    """Train `cfg.model` on `inputs["data"]` into `out` (resuming if `out` holds checkpoints)."""
+    """Train `cfg.model` on the packed corpus `inputs["corpus"]` into `out` (resuming if `out`
+    holds checkpoints)."""
     from fullchain.pretrain.data import read_dataset_spec
     from fullchain.pretrain.train import train
 
-    if "data" not in inputs:
-        raise ValueError(f"inputs: the pretrain stage needs a 'data' input, got {sorted(inputs)}")
+    if "corpus" not in inputs:
+        raise ValueError(f"inputs: the pretrain stage needs a 'corpus' input, got {sorted(inputs)}")
     out = Path(out)
-    spec = read_dataset_spec(inputs["data"].path)
+    spec = read_dataset_spec(inputs["corpus"])
     rank = _rank()
     metrics = train(cfg, spec, out)
     if rank != 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fullchain.core.contracts import Role, Stage
 from fullchain.core.schema import (
     BatchConfig,
     CheckpointConfig,
@@ -92,3 +93,10 @@ class TuneConfig:
             raise ValueError("dataset_format: method dpo needs dataset_format dpo_pairs")
         if self.method != "dpo" and self.dataset_format == "dpo_pairs":
             raise ValueError(f"dataset_format: dpo_pairs needs method dpo, not {self.method}")
+
+
+STAGE = Stage(kind="tune", module="fullchain.tune", config=TuneConfig,
+              inputs={"model": Role("hf_model", doc="the model to fine-tune"),
+                      "conversations": Role("conversations", optional=True,
+                                            doc="chat data or preference pairs to train on")},
+              outputs={"hf_model": "hf"})
