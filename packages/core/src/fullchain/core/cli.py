@@ -226,7 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    from fullchain.core.procs import Terminated, raise_on_sigterm
     from fullchain.core.runner import StepFailed
+
+    # SIGTERM (kill, a scheduler's preemption) unwinds like Ctrl-C: the runner stops the step's
+    # processes (or cancels its SLURM job) on the way out instead of orphaning them.
+    raise_on_sigterm()
 
     # argparse's nargs='*' would take `-m` as an override: pull the flag out first
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -245,10 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     except StepFailed as exc:
         print(f"fullchain: step failed: {exc}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
-        print("fullchain: interrupted; running steps were stopped and left incomplete",
-              file=sys.stderr)
-        code = 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"fullchain: interrupted by {signal.Signals(signum).name}; the step that was "
+              "running (if any) was stopped with all its processes and left incomplete (no "
+              "manifest): the next run redoes it", file=sys.stderr)
+        code = 128 + signum
     sys.exit(code)
 
 

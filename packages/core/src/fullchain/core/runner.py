@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,12 +15,14 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 from fullchain.core import graph as graph_mod
-from fullchain.core.artifact import MANIFEST, write_json_atomic
+from fullchain.core import procs
+from fullchain.core.artifact import MANIFEST, ArtifactError, read_manifest, write_json_atomic
 from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import check_interpreter, env_for_stage
 from fullchain.core.hashing import ContentHasher, digest
 from fullchain.core.launchers import (
     LauncherConfig,
+    cancel_slurm,
     is_distributed,
     step_command,
     submit_slurm,
@@ -146,6 +147,10 @@ def _record(report: RunReport, step: graph_mod.Step, status: str, seconds: float
     log.info("%-9s %s  %-7s %s  %s", step.name, step.step_id, status, detail, step.path)
 
 
+PIDS = "pids.json"
+"""In a step's control dir: the runner, the step's first process, its token (and SLURM job)."""
+
+
 def _run_step(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dict,
               progress: bool, run_dir: Path) -> str:
     step.path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,35 +161,178 @@ def _run_step(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: d
         log.info("%-9s %s  waiting: another run holds %s", step.name, step.step_id, lock.lock_file)
         lock.acquire()
     try:
-        manifest_file = step.path / MANIFEST
+        token = procs.step_token(step.path)
+        # The lock (flock) dies with its runner, but the step's processes may not have: the
+        # lock only means "no other run" once they are gone too.
+        _stop_orphans(step, token)
         forced = step.name in set(spec.get("force") or [])
-        if manifest_file.is_file():
-            if not forced:
-                return "reused"  # another run finished it while we waited for the lock
-            os.unlink(manifest_file)  # forced: incomplete from now on, never half-old
-        return _launch(spec, step, launcher, git, progress, run_dir)
+        if not forced and (_complete(step.path, step.step_id) or _restore_interrupted_force(step)):
+            return "reused"  # another run finished it while we waited for the lock
+        request = _request(step)
+        backup = _prepare_dir(step, request, forced)
+        try:
+            status = _launch(spec, step, launcher, git, progress, run_dir, request, token)
+        except BaseException as exc:
+            if backup is None:
+                raise
+            moved = _put_back(step, backup, run_dir)
+            if isinstance(exc, StepFailed):
+                raise StepFailed(
+                    f"{str(exc).splitlines()[0]}\n  force=[{step.name}]: this attempt failed, so "
+                    f"the earlier complete artifact is back in place at {step.path}; the failed "
+                    f"attempt was moved to {moved} (traceback in {moved / 'logs' / 'stderr.log'})"
+                ) from exc
+            raise
+        if backup is not None:
+            shutil.rmtree(backup)
+        return status
     finally:
         lock.release()
 
 
+def _complete(path: Path, step_id: str) -> bool:
+    """A manifest that parses and names this step (a corrupt one is not complete)."""
+    try:
+        manifest = read_manifest(path)
+    except ArtifactError:
+        return False
+    return manifest is not None and manifest.get("step_id") == step_id
+
+
+def _stop_orphans(step: graph_mod.Step, token: str) -> None:
+    """Stop what a dead runner left of this step: local processes by token, and the SLURM job
+    its pid file records (a runner killed by SIGKILL could not cancel it)."""
+    pids = procs.terminate(token)
+    if pids:
+        log.warning("%-9s %s  stopped %d process(es) of an earlier run of this step that outlived "
+                    "their runner (pids %s)", step.name, step.step_id, len(pids),
+                    " ".join(map(str, pids)))
+    record = procs.read_pid_file(step.path / CONTROL_DIR / PIDS) or {}
+    if record.get("slurm_job_id") and record.get("state") == "running":
+        job_id = str(record["slurm_job_id"])
+        try:
+            cancel_slurm([job_id])
+            log.warning("%-9s %s  cancelled SLURM job %s of an earlier run of this step whose "
+                        "runner died", step.name, step.step_id, job_id)
+        except RuntimeError as exc:
+            log.warning("%-9s %s  %s", step.name, step.step_id, exc)
+        _mark_ended(step.path / CONTROL_DIR / PIDS)
+
+
+def _request(step: graph_mod.Step) -> dict:
+    """What the worker reads. Also what decides whether a later attempt may resume this one's
+    partial state (see _prepare_dir), so it names the step's code and inputs too."""
+
+    def paths(value):
+        return [str(s.path) for s in value] if isinstance(value, list) else str(value.path)
+
+    def ids(value):
+        return [s.step_id for s in value] if isinstance(value, list) else value.step_id
+
+    return {
+        "stage": step.name, "module": step.stage.module, "config_class": step.stage.config_class,
+        "step_id": step.step_id, "code_version": step.code_version, "config": step.config_dict,
+        "out": str(step.path),
+        "inputs": {role: paths(v) for role, v in step.inputs.items()},
+        "input_ids": {role: ids(v) for role, v in step.inputs.items()},
+    }
+
+
+def _prepare_dir(step: graph_mod.Step, request: dict, forced: bool) -> Path | None:
+    """Make `step.path` fit to run in. Returns where an earlier complete artifact was moved
+    aside (forced runs), to delete after success or put back after a failure.
+
+    - forced: the run starts from an empty directory (a stage that resumes would otherwise find
+      its final checkpoint or its "completed" markers and recompute nothing);
+    - an incomplete directory (a failed or killed attempt) is resumed only if its request names
+      the same step, code and inputs; fields that are not hashed (workers, log intervals) may
+      differ, since they do not change the output, and a retry often changes exactly those.
+      Anything else starts clean."""
+    path = step.path
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    if forced:
+        if _complete(path, step.step_id):
+            backup = path.with_name(f"{path.name}.old-{stamp}")
+            os.rename(path, backup)
+            log.info("%-9s %s  force: the complete artifact is set aside at %s until this run "
+                     "succeeds", step.name, step.step_id, backup)
+            return backup
+        if path.exists():
+            log.info("%-9s %s  force: deleting the incomplete directory %s", step.name,
+                     step.step_id, path)
+            shutil.rmtree(path)
+        return None
+    if not path.exists():
+        return None
+    previous = _read_json(path / CONTROL_DIR / REQUEST)
+    keys = ("step_id", "module", "code_version", "input_ids")
+    if previous is None or any(previous.get(k) != request[k] for k in keys):
+        differs = "no readable request" if previous is None else "different " + ", ".join(
+            k for k in keys if previous.get(k) != request[k])
+        log.info("%-9s %s  starting clean: the incomplete directory was made by another "
+                 "request (%s)", step.name, step.step_id, differs)
+        shutil.rmtree(path)
+        return None
+    changed = sorted(k for k in set(previous.get("config", {})) | set(request["config"])
+                     if previous.get("config", {}).get(k) != request["config"].get(k))
+    log.info("%-9s %s  resuming the incomplete attempt in %s%s", step.name, step.step_id, path,
+             f" (changed fields that do not affect the output: {', '.join(changed)})"
+             if changed else "")
+    return None
+
+
+def _restore_interrupted_force(step: graph_mod.Step) -> bool:
+    """A forced run killed before it finished leaves the earlier complete artifact at
+    `<id>.old-*`: put it back (a forced run that did not finish loses nothing complete)."""
+    backups = sorted(p for p in step.path.parent.glob(f"{step.path.name}.old-*") if _complete(p, step.step_id))
+    if not backups:
+        return False
+    if step.path.exists():
+        shutil.rmtree(step.path)
+    os.rename(backups[-1], step.path)
+    for extra in backups[:-1]:
+        shutil.rmtree(extra)
+    log.info("%-9s %s  restored the complete artifact set aside by an interrupted forced run",
+             step.name, step.step_id)
+    return True
+
+
+def _put_back(step: graph_mod.Step, backup: Path, run_dir: Path) -> Path:
+    """After a failed forced run: the failed attempt goes to the run's record (for its logs),
+    the earlier complete artifact back into place. Returns where the failed attempt went."""
+    moved = run_dir / "failed" / f"{step.name}-{step.step_id}"
+    moved.parent.mkdir(parents=True, exist_ok=True)
+    if step.path.exists():
+        shutil.move(str(step.path), str(moved))
+    os.rename(backup, step.path)
+    log.info("%-9s %s  force: this attempt did not finish; the earlier complete artifact is back "
+             "at %s", step.name, step.step_id, step.path)
+    return moved
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dict,
-            progress: bool, run_dir: Path) -> str:
+            progress: bool, run_dir: Path, request: dict, token: str) -> str:
     out = step.path
     control = out / CONTROL_DIR
     control.mkdir(parents=True, exist_ok=True)
     (control / RESULT).unlink(missing_ok=True)
     env_spec = env_for_stage(spec["env"], step.name)
     python = check_interpreter(env_spec, step.name)
-    request = {
-        "stage": step.name, "module": step.stage.module, "config_class": step.stage.config_class,
-        "step_id": step.step_id, "config": step.config_dict, "out": str(out),
-        "inputs": {name: str(s.path) for name, s in step.inputs.items()},
-    }
     write_json_atomic(control / REQUEST, request)
     command = step_command(launcher, step.name, step.stage.module, python, control / REQUEST)
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (spec["env"].get("vars") or {}).items()})
     env["PYTHONUNBUFFERED"] = "1"
+    env[procs.TOKEN_VAR] = token  # inherited by every process of the step, however started
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     started_at, started = _now(), time.time()
@@ -192,9 +340,9 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
              "torchrun" if is_distributed(launcher, step.name) else launcher.name, env_spec.name,
              out)
     if launcher.name == "slurm":
-        returncode = _run_slurm(step, launcher, python, control, env)
+        returncode = _run_slurm(step, launcher, python, control, env, token)
     else:
-        returncode = _run_local(step, command, env, logs, progress, launcher.poll_seconds)
+        returncode = _run_local(step, command, env, logs, progress, launcher.poll_seconds, token)
     if returncode != 0:
         raise StepFailed(_failure_message(step, returncode, logs))
     result_file = control / RESULT
@@ -228,43 +376,82 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
     return "ran"
 
 
-def _run_local(step, command, env, logs: Path, progress: bool, poll: float) -> int:
+def _run_local(step, command, env, logs: Path, progress: bool, poll: float, token: str) -> int:
     header = f"\n===== {_now()} {' '.join(command)}\n"
+    pid_file = step.path / CONTROL_DIR / PIDS
     with open(logs / "stdout.log", "a") as stdout, open(logs / "stderr.log", "a") as stderr:
         stdout.write(header)
         stderr.write(header)
         stdout.flush()
         stderr.flush()
+        # Its own session: Ctrl-C in the terminal reaches the runner only, which then stops the
+        # step's processes in order. The death signal covers a runner that cannot (SIGKILL).
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=procs.die_with_parent())
+        procs.write_pid_file(pid_file, token, process.pid, step_id=step.step_id, state="running",
+                             command=command)
         display = _Progress(step, logs / "stderr.log", progress)
         try:
             while process.poll() is None:
                 display.update()
                 time.sleep(poll)
         except BaseException:
-            _kill_group(process)
+            display.close()
+            _stop_step(step, token, process)
             raise
         finally:
             display.close()
+            _mark_ended(pid_file)
+        # The stage exited; a helper it leaked must not write into the artifact after this.
+        leaked = procs.terminate(token)
+        if leaked:
+            log.warning("%-9s %s  stopped %d process(es) the stage left running (pids %s)",
+                        step.name, step.step_id, len(leaked), " ".join(map(str, leaked)))
         return process.returncode
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+def _stop_step(step, token: str, process: subprocess.Popen | None) -> None:
+    """Interrupted: stop every process of the step (SIGTERM, grace, SIGKILL) before going."""
+    log.warning("%-9s %s  interrupted: stopping the step's processes (SIGTERM, SIGKILL after "
+                "%.0fs)", step.name, step.step_id, procs.GRACE_SECONDS)
+    pids = procs.terminate(token)
+    if process is not None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             pass
+    log.warning("%-9s %s  stopped %d process(es); the step is left incomplete (no manifest) "
+                "and is redone by the next run: %s", step.name, step.step_id, len(pids), step.path)
 
 
-def _run_slurm(step, launcher, python, control: Path, env: dict) -> int:
+def _mark_ended(pid_file: Path) -> None:
+    record = procs.read_pid_file(pid_file)
+    if record is not None and record.get("state") != "ended":
+        write_json_atomic(pid_file, {**record, "state": "ended", "ended_at": _now()})
+
+
+def _run_slurm(step, launcher, python, control: Path, env: dict, token: str) -> int:
     job = submit_slurm(launcher, step.name, step.stage.module, python, control / REQUEST,
                        control / "slurm", f"fullchain-{step.name}-{step.step_id}", env)
+    pid_file = control / PIDS
+    procs.write_pid_file(pid_file, token, os.getpid(), step_id=step.step_id, state="running",
+                         slurm_job_id=str(job.job_id))
     log.info("%-9s %s  submitted SLURM job %s", step.name, step.step_id, job.job_id)
+    try:
+        while not job.done():
+            time.sleep(launcher.poll_seconds)
+    except BaseException:
+        # The job would run on (and hold its nodes) after the runner that waits for it is gone.
+        try:
+            argv = cancel_slurm([str(job.job_id)])
+            log.warning("%-9s %s  interrupted: cancelled SLURM job %s (%s); the step is left "
+                        "incomplete", step.name, step.step_id, job.job_id, " ".join(argv))
+        except RuntimeError as exc:
+            log.error("%-9s %s  %s", step.name, step.step_id, exc)
+        raise
+    finally:
+        _mark_ended(pid_file)
     try:
         job.result()
     except Exception as exc:  # submitit raises the job's failure with its stderr
