@@ -82,12 +82,18 @@ def _in_store(store: Path, record: dict) -> Path | None:
     return matches[0] if matches else None
 
 
+def _node_label(manifest: dict) -> str:
+    """`pretrain`, or `dpo (tune)` for a node whose name is not its kind."""
+    node = manifest.get("node") or manifest["stage"]
+    return node if node == manifest["stage"] else f"{node} ({manifest['stage']})"
+
+
 def _lineage(directory: Path, depth: int, seen: set, full: bool = False) -> list[str]:
     indent = "    " * depth
     manifest = read_manifest(directory)
     if manifest is None:
         return [f"{indent}{directory}  INCOMPLETE (no manifest)"]
-    lines = [f"{indent}{manifest['stage']} {manifest['step_id']}  {directory}  "
+    lines = [f"{indent}{_node_label(manifest)} {manifest['step_id']}  {directory}  "
              f"({manifest.get('ended_at', '?')}, {manifest.get('duration_s', '?')}s)"]
     if manifest["step_id"] in seen:
         return lines
@@ -139,12 +145,17 @@ def render(directory: Path, full: bool = False) -> str:
     git = manifest.get("git", {})
     out = [
         f"artifact   {directory}",
-        f"stage      {manifest['stage']}",
+        f"stage      {_node_label(manifest)}",
+        "provides   " + (", ".join(f"{t} v{c.get('version')} at {c.get('path')}"
+                                   for t, c in sorted((manifest.get("contracts") or {}).items()))
+                         or "-"),
         f"step id    {manifest['step_id']}",
         f"code       {manifest.get('code_version')}",
         f"git        {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}",
         f"env        {env.get('name')} python {env.get('python_version')} ({env.get('python')})",
         f"host       {manifest.get('host')}",
+        "placement  " + (", ".join(f"{k} {v}" for k, v in sorted((manifest.get("placement") or {}).items()))
+                         or "-"),
         f"time       {manifest.get('started_at')} -> {manifest.get('ended_at')} "
         f"({manifest.get('duration_s')}s)",
         "metrics",
