@@ -1,13 +1,14 @@
 """Environments (resolution, a real `env sync`, a step in that env) and launchers (torchrun for
 real on this machine; SLURM: the job submitit would submit, checked without a cluster)."""
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import env_for_stage, sync_commands
-from fullchain.core.launchers import LauncherConfig, slurm_script, step_command
+from fullchain.core.launchers import LauncherConfig, step_command
 from spine_testing import CONF, fullchain
 
 REPO = Path(__file__).resolve().parents[3]
@@ -76,23 +77,41 @@ def test_torchrun_command_multinode():
         "/v/bin/python", "-m"]
 
 
-def test_slurm_job_script_is_what_a_cluster_needs():
-    from fullchain.core import spec as spec_mod
+def test_slurm_job_is_what_a_cluster_needs(tmp_path, monkeypatch):
+    """Submitted through submitit with a stand-in `sbatch` on PATH (no cluster here): the sbatch
+    file submitit really wrote, and the command its job really runs (the pickled function)."""
+    import pickle
 
+    from fullchain.core import spec as spec_mod
+    from fullchain.core.launchers import submit_slurm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", 'echo "Submitted batch job 4242"'), ("srun", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")  # submitit only checks srun exists
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     spec = spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(
         REPO / "conf", ["launcher=slurm", "launcher.nnodes=2", "launcher.slurm.partition=gpu",
                         "+launcher.slurm.additional={constraint: h100}"])))
     launcher = to_dataclass(LauncherConfig, spec["launcher"], "launcher")
-    script = slurm_script(launcher, "pretrain", "fullchain.pretrain", Path("/env/bin/python"),
-                          Path("/store/pretrain/abc/.fullchain/request.json"), Path("/tmp/slurm"), "fc-pretrain")
+    request = Path("/store/pretrain/abc/.fullchain/request.json")
+    job = submit_slurm(launcher, ("sft", "tune"), "fullchain.tune", Path("/env/bin/python"), request,
+                       tmp_path / "slurm", "fc-sft", env={"X": "1"})
+    assert job.job_id == "4242"
+    script = Path(job.paths.submission_file).read_text()
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --partition=gpu", "#SBATCH --constraint=h100", "#SBATCH --job-name=fc-pretrain",
+                 "#SBATCH --partition=gpu", "#SBATCH --constraint=h100", "#SBATCH --job-name=fc-sft",
                  "#SBATCH --time=2880"):
         assert line in script, line
-    assert "torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=$SLURM_NODEID" in script
-    assert "-m fullchain.pretrain /store/pretrain/abc/.fullchain/request.json" in script
-    data_script = slurm_script(launcher, "data", "fullchain.data", Path("/env/bin/python"),
-                               Path("/r.json"), Path("/tmp/slurm"), "fc-data")
+    function = pickle.loads(Path(job.paths.submitted_pickle).read_bytes()).function
+    shell = function.command[-1]
+    assert function.command[:2] == ["bash", "-c"] and function.env == {"X": "1"}
+    assert "torch.distributed.run --nproc_per_node=8 --nnodes=2 --node_rank=$SLURM_NODEID" in shell
+    assert "-m fullchain.tune /store/pretrain/abc/.fullchain/request.json" in shell
+    data_job = submit_slurm(launcher, "data", "fullchain.data", Path("/env/bin/python"), Path("/r.json"),
+                            tmp_path / "slurm-data", "fc-data", env={})
+    data_script = Path(data_job.paths.submission_file).read_text()
     assert "#SBATCH --nodes=1" in data_script and "gpus-per-node" not in data_script
 
 

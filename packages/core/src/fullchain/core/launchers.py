@@ -87,7 +87,7 @@ def step_command(launcher: LauncherConfig, stage: str, module: str, python: Path
     if launcher.nnodes == 1:
         torchrun.append("--standalone")
     else:
-        # filled in by the job's shell on each node (see slurm_script)
+        # filled in by the job's shell on each node (see slurm_shell_command)
         torchrun += [f"--nnodes={launcher.nnodes}", "--node_rank=$SLURM_NODEID",
                      "--rdzv_backend=c10d", "--rdzv_id=$SLURM_JOB_ID",
                      f"--rdzv_endpoint=$MASTER_ADDR:{launcher.master_port}"]
@@ -123,16 +123,6 @@ def slurm_shell_command(launcher: LauncherConfig, stage: str, module: str, pytho
     line = " ".join(a if "$" in a else shlex.quote(a) for a in argv)
     return ('export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); '
             + line)
-
-
-def slurm_script(launcher: LauncherConfig, stage: str, module: str, python: Path,
-                 request: Path, folder: Path, job_name: str) -> str:
-    """The sbatch file submitit would submit for this step (for inspection and tests)."""
-    from submitit.slurm.slurm import _make_sbatch_string  # the function its executor uses
-
-    command = "bash -c " + shlex.quote(slurm_shell_command(launcher, stage, module, python, request))
-    return _make_sbatch_string(command=command, folder=str(folder),
-                               **slurm_parameters(launcher, stage, job_name))
 
 
 def submit_slurm(launcher: LauncherConfig, stage: str, module: str, python: Path,
