@@ -71,9 +71,11 @@ def test_config_errors_name_the_field(overrides, message):
 def test_missing_dataset_json_is_named(tmp_path):
     from fullchain.pretrain.data import read_dataset_spec
 
-    with pytest.raises(FileNotFoundError, match="dataset.json"):
+    from fullchain.core.contracts import ContractError
+
+    with pytest.raises(ContractError, match="dataset.json: missing"):
         read_dataset_spec(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"format": "megatron-indexed", "dtype": "uint16",
                                                        "splits": {"train": {"prefixes": ["nope"]}}}))
-    with pytest.raises(FileNotFoundError, match=r"splits.train.prefixes: .*nope.bin does not exist"):
+    with pytest.raises(ContractError, match=r"splits.train.prefixes: .*nope.bin does not exist"):
         read_dataset_spec(tmp_path)

@@ -122,12 +122,12 @@ def cmd_plan(args) -> int:
     spec, steps = runner.plan(_spec_from_args(args))
     rows = []
     for step in steps:
-        inputs = ",".join(f"{n}:{s.step_id[:8]}" for n, s in step.inputs.items()) or "-"
-        role = "" if step.selected else " (input)"
-        rows.append((step.name + role, step.step_id, step.status, inputs, step.reason))
-    widths = [max(len(r[i]) for r in rows + [("stage", "step id", "status", "inputs", "")])
-              for i in range(4)]
-    head = ("stage", "step id", "status", "inputs")
+        inputs = ",".join(f"{role}:{up.name}@{up.step_id[:8]}" for role, up in step.input_steps()) or "-"
+        node = step.name if step.name == step.kind else f"{step.name} ({step.kind})"
+        rows.append((node + ("" if step.selected else " [input]"), step.step_id, step.status,
+                     inputs, step.reason))
+    head = ("node (stage)", "step id", "status", "inputs (role:node@id)")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  why")
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])

@@ -15,7 +15,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 from fullchain.core import graph as graph_mod
-from fullchain.core import procs
+from fullchain.core import procs, services
 from fullchain.core.artifact import MANIFEST, ArtifactError, read_manifest, write_json_atomic
 from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import check_interpreter, env_for_stage
@@ -27,6 +27,7 @@ from fullchain.core.launchers import (
     step_command,
     submit_slurm,
 )
+from fullchain.core.placement import Placement, placement_for
 from fullchain.core.spec import dump_spec, materialize
 from fullchain.core.worker import CONTROL_DIR, REQUEST, RESULT
 
@@ -75,7 +76,15 @@ def plan(spec_doc: dict) -> tuple[dict, list[graph_mod.Step]]:
             raise ConfigError(f"paths.{key}: missing (conf/paths/*.yaml)")
     cache = paths.get("cache")
     hasher = ContentHasher(Path(cache) / "content-hashes.json" if cache else None)
-    steps = graph_mod.build(spec, Path(paths["store"]), hasher)
+    launcher = to_dataclass(LauncherConfig, spec.get("launcher") or {}, "launcher")
+
+    def placements(node: graph_mod.Node) -> Placement:
+        names = (node.name, node.kind)
+        env = env_for_stage(spec.get("env") or {}, names) if (spec.get("env") or {}).get("envs") else None
+        return placement_for(launcher, names, env.interpreter if env else None,
+                             is_distributed(launcher, names))
+
+    steps = graph_mod.build(spec, Path(paths["store"]), hasher, placements)
     return spec, steps
 
 
@@ -93,7 +102,7 @@ def check_runnable(spec: dict, steps: list[graph_mod.Step]) -> None:
                 f"in the store (step {step.step_id}, {step.path}: {step.reason}). Add it to the "
                 f"run, e.g. stages=[{','.join(s.name for s in steps if s.selected or s is step)}]."
             )
-        check_interpreter(env_for_stage(spec["env"], step.name), step.name)
+        check_interpreter(env_for_stage(spec["env"], step.names), step.name)
 
 
 def _check_implemented(step: graph_mod.Step) -> None:
@@ -123,21 +132,60 @@ def execute(spec_doc: dict, progress: bool | None = None) -> RunReport:
     report = RunReport(run_dir=run_dir)
     git = git_state(Path(spec["paths"].get("root", ".")))
     progress = sys.stderr.isatty() if progress is None else progress
+    serving: dict[str, services.Running] = {}
+    last_use = _last_service_use(steps)
     try:
-        for step in steps:
+        for index, step in enumerate(steps):
             if step.status == "cached":
                 _record(report, step, "reused", 0.0)
                 continue
+            step.urls = _serve_for(step, serving, spec, run_dir)
             started = time.time()
             status = _run_step(spec, step, launcher, git, progress, run_dir)
             _record(report, step, status, time.time() - started)
+            for node in [n for n, last in last_use.items() if last == index and n in serving]:
+                services.stop(serving.pop(node))
     finally:
+        # a failed step, Ctrl-C or SIGTERM: no server outlives the run
+        for running in serving.values():
+            services.stop(running)
         write_json_atomic(run_dir / "run.json", {"spec": "spec.yaml", "steps": report.steps})
     summary = f"{len(report.ran)} step(s) ran, {len(report.reused)} reused"
     if not report.ran:
         summary += " — every step was reused from the store"
     log.info("%s (run record: %s)", summary, run_dir / "run.json")
     return report
+
+
+def _last_service_use(steps: list[graph_mod.Step]) -> dict[str, int]:
+    """Service node -> index of the last step to run that talks to it (stop it after that)."""
+    last: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        if step.status == "cached":
+            continue
+        for role, upstream in step.input_steps():
+            if step.stage.inputs[role].serve:
+                last[upstream.name] = index
+    return last
+
+
+def _serve_for(step: graph_mod.Step, serving: dict[str, services.Running], spec: dict,
+               run_dir: Path) -> dict[str, str | list[str]]:
+    """Start (once per run) the servers of the step's serve roles; their URLs by role."""
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in (spec["env"].get("vars") or {}).items()})
+    urls: dict[str, str | list[str]] = {}
+    for role, value in step.inputs.items():
+        if not step.stage.inputs[role].serve:
+            continue
+        found = []
+        for upstream in value if isinstance(value, list) else [value]:
+            if upstream.name not in serving:
+                serving[upstream.name] = services.start(
+                    upstream.name, upstream.path, run_dir / "services" / upstream.name, env)
+            found.append(serving[upstream.name].url)
+        urls[role] = found if isinstance(value, list) else found[0]
+    return urls
 
 
 def _record(report: RunReport, step: graph_mod.Step, status: str, seconds: float) -> None:
@@ -223,17 +271,22 @@ def _request(step: graph_mod.Step) -> dict:
     """What the worker reads. Also what decides whether a later attempt may resume this one's
     partial state (see _prepare_dir), so it names the step's code and inputs too."""
 
-    def paths(value):
+    def paths(role, value):
+        if role in step.urls:  # a started service: its directory and its base URL
+            if isinstance(value, list):
+                return [{"path": str(s.path), "url": u} for s, u in zip(value, step.urls[role])]
+            return {"path": str(value.path), "url": step.urls[role]}
         return [str(s.path) for s in value] if isinstance(value, list) else str(value.path)
 
     def ids(value):
         return [s.step_id for s in value] if isinstance(value, list) else value.step_id
 
     return {
-        "stage": step.name, "module": step.stage.module, "config_class": step.stage.config_class,
+        "stage": step.kind, "node": step.name, "module": step.stage.module,
+        "config_class": step.stage.config_class, "outputs": step.stage.outputs_for(step.config),
         "step_id": step.step_id, "code_version": step.code_version, "config": step.config_dict,
         "out": str(step.path),
-        "inputs": {role: paths(v) for role, v in step.inputs.items()},
+        "inputs": {role: paths(role, v) for role, v in step.inputs.items()},
         "input_ids": {role: ids(v) for role, v in step.inputs.items()},
     }
 
@@ -325,10 +378,10 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
     control = out / CONTROL_DIR
     control.mkdir(parents=True, exist_ok=True)
     (control / RESULT).unlink(missing_ok=True)
-    env_spec = env_for_stage(spec["env"], step.name)
+    env_spec = env_for_stage(spec["env"], step.names)
     python = check_interpreter(env_spec, step.name)
     write_json_atomic(control / REQUEST, request)
-    command = step_command(launcher, step.name, step.stage.module, python, control / REQUEST)
+    command = step_command(launcher, step.names, step.stage.module, python, control / REQUEST)
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (spec["env"].get("vars") or {}).items()})
     env["PYTHONUNBUFFERED"] = "1"
@@ -337,7 +390,7 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
     logs.mkdir(exist_ok=True)
     started_at, started = _now(), time.time()
     log.info("%-9s %s  running (%s, env %s): %s", step.name, step.step_id,
-             "torchrun" if is_distributed(launcher, step.name) else launcher.name, env_spec.name,
+             "torchrun" if is_distributed(launcher, step.names) else launcher.name, env_spec.name,
              out)
     if launcher.name == "slurm":
         returncode = _run_slurm(step, launcher, python, control, env, token)
@@ -354,15 +407,18 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
     result = json.loads(result_file.read_text())
     ended = time.time()
     manifest = {
-        "stage": step.name,
+        "stage": step.kind,
+        "node": step.name,
         "step_id": step.step_id,
         "config": step.config_dict,
         "hash_payload": step.payload,
         "code_version": step.code_version,
-        "inputs": {name: {"step_id": s.step_id, "path": str(s.path), "stage": s.name}
-                   for name, s in step.inputs.items()},
+        "inputs": {role: [_input_record(s) for s in v] if isinstance(v, list) else _input_record(v)
+                   for role, v in step.inputs.items()},
+        "contracts": result.get("contracts", {}),
+        "placement": step.placement,
         "environment": {"name": env_spec.name, **result.get("environment", {})},
-        "launcher": {"name": launcher.name, "distributed": is_distributed(launcher, step.name),
+        "launcher": {"name": launcher.name, "distributed": is_distributed(launcher, step.names),
                      "command": command},
         "git": git,
         "host": socket.gethostname(),
@@ -374,6 +430,10 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
     }
     write_json_atomic(out / MANIFEST, manifest)  # LAST: from here on the step is complete
     return "ran"
+
+
+def _input_record(step: graph_mod.Step) -> dict:
+    return {"step_id": step.step_id, "path": str(step.path), "stage": step.kind, "node": step.name}
 
 
 def _run_local(step, command, env, logs: Path, progress: bool, poll: float, token: str) -> int:
@@ -432,7 +492,7 @@ def _mark_ended(pid_file: Path) -> None:
 
 
 def _run_slurm(step, launcher, python, control: Path, env: dict, token: str) -> int:
-    job = submit_slurm(launcher, step.name, step.stage.module, python, control / REQUEST,
+    job = submit_slurm(launcher, step.names, step.stage.module, python, control / REQUEST,
                        control / "slurm", f"fullchain-{step.name}-{step.step_id}", env)
     pid_file = control / PIDS
     procs.write_pid_file(pid_file, token, os.getpid(), step_id=step.step_id, state="running",

@@ -22,6 +22,7 @@ from pathlib import Path
 from fullchain.core import procs
 from fullchain.core.artifact import Artifact, write_json_atomic
 from fullchain.core.config import to_dataclass
+from fullchain.core.contracts import validate_outputs
 from fullchain.core.envs import describe_current
 
 REQUEST = "request.json"
@@ -108,6 +109,13 @@ def _own_step_processes() -> None:
     threading.Thread(target=watch_parent, name="fullchain-parent-watch", daemon=True).start()
 
 
+def load_input(value: str | dict) -> Artifact:
+    """An input artifact; a started service comes as {"path", "url"}."""
+    if isinstance(value, dict):
+        return Artifact.load(value["path"], url=value.get("url"))
+    return Artifact.load(value)
+
+
 def main(stage: str | None = None, argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
@@ -136,10 +144,15 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> None:
     cls = getattr(importlib.import_module(config_module), class_name)
     try:
         cfg = to_dataclass(cls, request["config"], request["stage"])
-        inputs = {name: Artifact.load(path) for name, path in request["inputs"].items()}
+        inputs = {role: [load_input(p) for p in value] if isinstance(value, list) else load_input(value)
+                  for role, value in request["inputs"].items()}
         out = Path(request["out"])
         started = time.time()
         metrics = module.run(cfg, inputs, out)
+        # Every declared output must read back through its type's reader before the step can
+        # complete (rank 0 writes them; the other ranks have nothing more to check).
+        contracts = (validate_outputs(out, request.get("outputs") or {})
+                     if rank == 0 else {})
     except Exception:
         traceback.print_exc()
         sys.stderr.flush()
@@ -147,7 +160,7 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> None:
     if metrics is not None and not isinstance(metrics, dict):
         sys.exit(f"{request['module']}.run returned {type(metrics).__name__}, expected a dict of metrics")
     if rank == 0:
-        result = {"metrics": metrics or {}, "environment": describe_current(),
+        result = {"metrics": metrics or {}, "contracts": contracts, "environment": describe_current(),
                   "run_seconds": round(time.time() - started, 3)}
         json.dumps(result)  # fail here, loudly, on non-JSON metrics
         write_json_atomic(out / CONTROL_DIR / RESULT, result)

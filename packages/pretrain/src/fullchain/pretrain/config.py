@@ -19,6 +19,8 @@ from fullchain.core.schema import (
     ValidationConfig,
 )
 from fullchain.pretrain.model_config import ModelConfig
+from fullchain.core.contracts import Role, Stage
+from fullchain.core.placement import Placement
 
 _NOT_HASHED = {"hash": False}
 
@@ -104,7 +106,10 @@ class PretrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Log interval, TensorBoard, W&B, the peak FLOP/s for MFU (none of it hashed)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Parameter/compute dtype; auto = bf16 with CUDA, fp32 on CPU."""
+    """Parameter/compute dtype; auto = bf16 with CUDA, fp32 on CPU (resolved before hashing)."""
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    """Layer implementation: TransformerEngine's fused layers or megatron's local spec; auto = TE
+    where it is installed and a GPU runs the step (resolved before hashing: outputs differ)."""
     recompute: Literal["none", "selective", "full"] = "none"
     """Activation recomputation: selective = attention core only, full = every layer."""
     seed: int = 1234
@@ -149,3 +154,45 @@ class PretrainConfig:
             raise ValueError(f"precision: {self.precision!r} must be auto, fp32 or bf16")
         if self.recompute not in ("none", "selective", "full"):
             raise ValueError(f"recompute: {self.recompute!r} must be none, selective or full")
+
+    def resolve(self, placement: Placement) -> None:
+        """Called by the graph before the step id is computed: every `auto` that changes the
+        output becomes what this placement will run (a CPU fp32 artifact and a GPU bf16 one of
+        the same spec get different ids), and the layout is checked against the world the
+        launcher starts, so a bad one fails at `plan`, not 18 s into the run."""
+        cuda = placement.accelerator == "cuda"
+        if self.precision == "auto":
+            self.precision = "bf16" if cuda else "fp32"
+        if self.parallel.backend == "auto":
+            self.parallel.backend = "nccl" if cuda else "gloo"
+        elif self.parallel.backend == "nccl" and not cuda:
+            raise ValueError("parallel.backend: nccl needs CUDA, and this step runs on CPU "
+                             "(use gloo or auto)")
+        if self.transformer_impl == "auto":
+            self.transformer_impl = "transformer_engine" if placement.transformer_engine else "local"
+        elif self.transformer_impl == "transformer_engine" and not placement.transformer_engine:
+            raise ValueError("transformer_impl: transformer_engine, but the step's environment has "
+                             "no TransformerEngine or no GPU (use local or auto)")
+        if self.parallel.sequence_parallel and self.transformer_impl != "transformer_engine":
+            raise ValueError("parallel.sequence_parallel: needs TransformerEngine layers "
+                             "(transformer_impl resolved to local here)")
+        try:
+            dp = self.parallel.resolve_data_parallel_size(placement.world_size)
+        except ValueError as exc:
+            raise ValueError(f"parallel.{exc} (launcher: {placement.world_size} process(es) for "
+                             "this step; launcher=torchrun launcher.nproc_per_node=N starts N)") from None
+        try:
+            self.batch.check_data_parallel(dp)
+        except ValueError as exc:
+            raise ValueError(f"batch.{exc}") from None
+
+
+def _pretrain_outputs(cfg: PretrainConfig) -> dict[str, str]:
+    return {"megatron_checkpoint": "checkpoints", **({"hf_model": "hf"} if cfg.export_hf else {})}
+
+
+# Pretrain reads a packed corpus and provides Megatron checkpoints (and, with export_hf, the
+# Hugging Face model that tune, eval and deploy read).
+STAGE = Stage(kind="pretrain", module="fullchain.pretrain", config=PretrainConfig,
+              inputs={"corpus": Role("packed_corpus", doc="the data stage's packed token files")},
+              outputs=_pretrain_outputs)

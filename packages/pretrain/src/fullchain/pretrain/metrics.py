@@ -2,7 +2,7 @@
 
 Only rank 0 writes. MFU = model FLOP/s / peak FLOP/s of the ranks used; the peak is measured on
 the CPU (fp32 `torch.mm`, ~210 GFLOP/s on the 2-core reference machine) and looked up for known
-GPUs (dense bf16), so "70% MFU" means the same thing here as in the FINDINGS numbers.
+GPUs (dense bf16), so "70% MFU" means the same thing here as in docs/pretrain.md's benchmark.
 """
 
 from __future__ import annotations

@@ -128,7 +128,8 @@ def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
 
     # --- model, DDP, optimizer, scheduler
     model = build_gpt_model(cfg.model, cfg.parallel, padded_vocab, batch.seq_length,
-                            precision=precision, recompute=cfg.recompute)
+                            precision=precision, recompute=cfg.recompute,
+                            transformer_impl=cfg.transformer_impl)
     resume = checkpoint.latest_checkpoint(out / "checkpoints")
     if resume is None and cfg.init_from_hf:
         from fullchain.pretrain.hf import load_hf_into
