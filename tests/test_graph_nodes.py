@@ -119,3 +119,25 @@ def test_auto_values_are_resolved_before_hashing(tmp_path):
                         "++pretrain.transformer_impl=local"])))
     again = {s.name: s for s in graph.build(explicit, tmp_path, placements=lambda node: cpu)}
     assert again["pretrain"].step_id == ids["cpu"]
+
+
+def test_planning_loads_only_the_declarations_on_the_path(tmp_path):
+    """`stages=[data,pretrain]` must not need the eval (or tune, deploy, agent) package: an
+    environment that lacks them plans and runs the corpus and pretraining steps."""
+    script = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[:2] in (['fullchain', s] for s in ('tune', 'eval', 'deploy', 'agent')):\n"
+        "            raise ImportError(f'{name} is not installed in this environment')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from fullchain.core import runner, spec\n"
+        f"s = spec.to_spec(spec.compose(spec.Path({str(REPO / 'conf')!r}), ['experiment=tiny']))\n"
+        "_, steps = runner.plan(s)\n"
+        "print([st.name for st in steps])\n"
+    )
+    env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "store"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['data', 'pretrain']"

@@ -122,12 +122,11 @@ def load_declaration(module: str, where: str) -> Stage:
     return decl
 
 
-def nodes_of(spec: dict) -> dict[str, Node]:
-    """Parse and check the `graph` table (names, keys, roles, references); no types yet."""
+def _entries(spec: dict) -> dict[str, dict]:
     graph = spec.get("graph")
     if not isinstance(graph, dict) or not graph:
         raise ConfigError("graph: the spec needs a non-empty 'graph' table of nodes")
-    nodes = {}
+    entries = {}
     for name, entry in graph.items():
         entry = entry or {}
         where = f"graph.{name}"
@@ -137,6 +136,38 @@ def nodes_of(spec: dict) -> dict[str, Node]:
         unknown = sorted(set(entry) - set(_NODE_KEYS))
         if unknown:
             raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: {list(_NODE_KEYS)}")
+        entries[name] = entry
+    return entries
+
+
+def _reachable(entries: dict[str, dict], targets: list[str]) -> set[str]:
+    """The targets and every node upstream of them (by the raw `inputs` references)."""
+    seen: set[str] = set()
+    todo = [t for t in targets if t in entries]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        inputs = entries[name].get("inputs") or {}
+        values = inputs.values() if isinstance(inputs, dict) else inputs
+        for value in values:
+            todo += [u for u in (value if isinstance(value, list) else [value])
+                     if isinstance(u, str) and u in entries]
+    return seen
+
+
+def nodes_of(spec: dict, only: set[str] | None = None) -> dict[str, Node]:
+    """Parse and check the `graph` table (names, keys, roles, references); no types yet.
+
+    With `only`, the stage declarations of the other nodes are not loaded: planning data and
+    pretrain needs neither the eval package nor any other stage off the path."""
+    graph = _entries(spec)
+    nodes = {}
+    for name, entry in graph.items():
+        if only is not None and name not in only:
+            continue
+        where = f"graph.{name}"
         named = entry.get("stage") or (None if entry.get("module") else name)
         decl = load_declaration(entry.get("module") or f"fullchain.{named}", f"{where}.stage")
         if named is not None and str(named) != decl.kind:
@@ -205,7 +236,7 @@ def _check_role(node: Node, role: str, accepted: Role, upstream: Step) -> None:
             f"{sorted(provided) or 'no typed output'} with its config")
 
 
-def _select(spec: dict, key: str, nodes: dict[str, Node]) -> list[str]:
+def _select(spec: dict, key: str, nodes: dict) -> list[str]:
     names = spec.get(key) or []
     if isinstance(names, str):
         names = [names]
@@ -221,11 +252,12 @@ def build(spec: dict, store: Path, hasher: ContentHasher | None = None,
 
     `placements(node) -> Placement | None` says where each step will run; configs with a
     `resolve(placement)` method resolve their `auto` values from it before hashing."""
-    nodes = nodes_of(spec)
-    targets = _select(spec, "stages", nodes)
+    entries = _entries(spec)
+    targets = _select(spec, "stages", entries)
+    nodes = nodes_of(spec, only=_reachable(entries, targets))
     if not targets:
         raise ConfigError("stages: empty; name the nodes to run, e.g. stages=[data,pretrain]")
-    force = set(_select(spec, "force", nodes))
+    force = set(_select(spec, "force", entries))
     hasher = hasher or ContentHasher()
     steps: dict[str, Step] = {}
     codes: dict[str, str] = {}
