@@ -10,19 +10,27 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-# Steps whose stats follow the SourceFilter convention (in/out/dropped per source), in order.
-FILTER_STEPS = (
-    ("normalize", "normalize"),
-    ("language", "language"),
-    ("quality", "quality"),
-    ("fullchain dedup filter", "dedup"),
-    ("fullchain decontamination", "decontamination"),
-)
+def stats_name(step_type: str, step_name: str) -> str:
+    """The name datatrove files a step's stats under: `repr(step)`, i.e. "<type>: <name>"."""
+    return f"{step_type}: {step_name}"
 
 
-def _step(steps: list[dict], name: str) -> Optional[dict]:
+def _filter_steps() -> list[tuple[str, str]]:
+    """(stats name, card label) of the steps whose stats follow the SourceFilter convention
+    (in/out/dropped per source), in pipeline order; named from the step classes themselves."""
+    from fullchain.data.clean import LanguageFilter, Normalize, QualityFilter
+    from fullchain.data.decontam import Decontaminate
+    from fullchain.data.dedup import DedupFilter
+
+    steps = ((Normalize, "normalize"), (LanguageFilter, "language"), (QualityFilter, "quality"),
+             (DedupFilter, "dedup"), (Decontaminate, "decontamination"))
+    return [(stats_name(cls.type, cls.name), label) for cls, label in steps]
+
+
+def step_stats(steps: list[dict], name: str) -> Optional[dict]:
+    """The merged stats of the step whose stats name is exactly `name` (None if it did not run)."""
     for step in steps:
-        if step["name"].endswith(name):
+        if step["name"] == name:
             return step["stats"]
     return None
 
@@ -35,8 +43,8 @@ def _prefixed(stats: dict, prefix: str) -> dict[str, float]:
 def filter_table(steps: list[dict], source: str) -> list[dict]:
     """Per filter: documents and characters in/out for one source, and drop reasons."""
     rows = []
-    for step_name, label in FILTER_STEPS:
-        stats = _step(steps, step_name)
+    for step_name, label in _filter_steps():
+        stats = step_stats(steps, step_name)
         if stats is None:
             continue
         rows.append({
@@ -51,7 +59,9 @@ def filter_table(steps: list[dict], source: str) -> list[dict]:
 
 
 def tally(steps: list[dict], label: str, source: str) -> dict[str, Any]:
-    stats = _step(steps, f"tally {label}") or {}
+    from fullchain.data.clean import Tally
+
+    stats = step_stats(steps, stats_name(Tally.type, Tally.step_name(label))) or {}
     return {
         "documents": int(stats.get(f"docs/{source}", 0)),
         "characters": int(stats.get(f"chars/{source}", 0)),
@@ -64,14 +74,17 @@ def tally(steps: list[dict], label: str, source: str) -> dict[str, Any]:
 def build_card(sources: list[dict], steps: list[dict], skipped_files: dict, decontamination: Optional[dict],
                tokenize: dict) -> dict[str, Any]:
     """The card as a dict. `sources`: [{name, weight, format, path}] in config order."""
+    from fullchain.data.clean import PiiScrubber
+    from fullchain.data.sources import SourceReader
+
     card_sources = {}
     for source in sources:
         name = source["name"]
-        reader = _step(steps, "fullchain sources") or {}
+        reader = step_stats(steps, stats_name(SourceReader.type, SourceReader.name)) or {}
         skipped = {k: int(v) for k, v in _prefixed(reader, f"skipped/{name}").items()}
         for reason, count in skipped_files.get(name, {}).items():
             skipped[reason] = skipped.get(reason, 0) + count
-        pii_stats = _step(steps, "pii") or {}
+        pii_stats = step_stats(steps, stats_name(PiiScrubber.type, PiiScrubber.name)) or {}
         raw, final = tally(steps, "raw", name), tally(steps, "final", name)
         tokens = tokenize.get("tokens", {}).get(name, {})
         card_sources[name] = {
@@ -124,25 +137,38 @@ def build_card(sources: list[dict], steps: list[dict], skipped_files: dict, deco
 
 
 def plot_histogram(card: dict, path: Path) -> None:
-    """Document length histogram (log2 character bins), before and after, one line per source."""
+    """Document length histogram (log2 character bins), before and after filtering.
+
+    Sources are side by side inside each bin (bin [2^k, 2^(k+1)) split into one slice per
+    source), so no source's bar can hide behind another's: a step line drew each source's last
+    bin as a bare edge, and a source's longest documents vanished under its neighbour's line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = [name for name, entry in card["sources"].items()
+             if entry["raw"]["length_bins"] or entry["final"]["length_bins"]]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for axis, stage in zip(axes, ("raw", "final")):
-        for name, entry in card["sources"].items():
-            bins = entry[stage]["length_bins"]
-            if not bins:
-                continue
-            xs = list(range(min(bins), max(bins) + 1))
-            axis.step([2 ** x for x in xs], [bins.get(x, 0) for x in xs], where="post", label=name)
+        for position, name in enumerate(names):
+            bins = card["sources"][name][stage]["length_bins"]
+            exponents = sorted(bins)
+            # Slice `position` of n in log space: [2^(k + i/n), 2^(k + (i+1)/n)).
+            lefts = [2 ** (k + position / len(names)) for k in exponents]
+            widths = [2 ** (k + (position + 1) / len(names)) - left for k, left in zip(exponents, lefts)]
+            axis.bar(lefts, [bins[k] for k in exponents], width=widths, align="edge",
+                     color=colors[position % len(colors)], label=name)
         axis.set_xscale("log", base=2)
+        # Counts span orders of magnitude (thousands of short poems, a handful of long
+        # articles): on a linear axis a bin of 1-5 documents is a sliver.
+        axis.set_yscale("log")
         axis.set_xlabel("document length (characters, log2 bins)")
         axis.set_title("read" if stage == "raw" else "kept")
-    axes[0].set_ylabel("documents")
-    axes[1].legend(fontsize=8)
+    axes[0].set_ylabel("documents (log scale)")
+    if names:
+        axes[1].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

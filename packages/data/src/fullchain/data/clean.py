@@ -16,24 +16,7 @@ from typing import Callable, Optional
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-# Han ideographs (incl. extension A and compatibility), kana, hangul: shingled/ngrammed by character
-CJK_CLASS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_HAN = re.compile(f"[{CJK_CLASS}]")
-_KANA = re.compile("[\u3040-\u30ff]")
-_LETTER = re.compile(r"[^\W\d_]")
-
-
-def language_of_text(text: str) -> Optional[str]:
-    """'zh' when CJK ideographs dominate the letters and there is no kana, else None."""
-    sample = text[:4000]
-    letters = len(_LETTER.findall(sample))
-    if not letters:
-        return None
-    han = len(_HAN.findall(sample))
-    if han / letters > 0.3 and len(_KANA.findall(sample)) < 0.05 * han:
-        return "zh"
-    return None
-
+from fullchain.data.language import CJK_CLASS, LETTER, is_chinese, langid_identifier
 
 class TallyingStep(PipelineStep):
     """A step that drops documents and records, per source, documents/characters in and out and
@@ -208,9 +191,8 @@ class LanguageFilter(SourceFilter):
     def identifier(self):
         if self._identifier is None:
             from fullchain.data.fastfilters import freeze_heap
-            from langid.langid import LanguageIdentifier, model
 
-            self._identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+            self._identifier = langid_identifier(norm_probs=True)
             freeze_heap()  # the model's arrays and dicts live as long as the worker
         return self._identifier
 
@@ -227,9 +209,8 @@ class LanguageFilter(SourceFilter):
         sample = text[: self.sample_chars]
         if fraction >= self.code_threshold:
             return "code", fraction
-        zh = language_of_text(sample)
-        if zh:
-            return zh, 1.0
+        if is_chinese(sample):
+            return "zh", 1.0
         language, probability = self.identifier.classify(sample)
         if probability < self.min_confidence:
             return "unknown", float(probability)
@@ -341,7 +322,7 @@ class QualityFilter(SourceFilter):
             return "code_long_line"
         if len(text) / len(lines) > self.code["max_mean_line_length"]:
             return "code_long_mean_line"
-        if len(_LETTER.findall(text)) / max(1, len(text)) < self.code["min_alpha_fraction"]:
+        if len(LETTER.findall(text)) / max(1, len(text)) < self.code["min_alpha_fraction"]:
             return "code_low_alpha"
         return None
 
@@ -368,8 +349,13 @@ class Tally(PipelineStep):
 
     def __init__(self, label: str):
         self.label = label
-        self.name = f"tally {label}"  # before super().__init__(): the stats are named after it
+        self.name = self.step_name(label)  # before super().__init__(): the stats are named after it
         super().__init__()
+
+    @staticmethod
+    def step_name(label: str) -> str:
+        """The step's name for a label ("raw", "final"): the data card finds its stats by it."""
+        return f"tally {label}"
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:
@@ -383,3 +369,8 @@ class Tally(PipelineStep):
                 self.stat_update(f"lang/{source}/{doc.metadata['language']}")
                 self.stat_update(f"langchars/{source}/{doc.metadata['language']}", value=chars)
             yield doc
+
+
+# CJK_CLASS is re-exported: dedup and decontamination shingle CJK text by character.
+__all__ = ["CJK_CLASS", "LanguageFilter", "Normalize", "PiiScrubber", "QualityFilter", "SourceFilter",
+           "Tally", "TallyingStep", "code_line_fraction"]

@@ -6,12 +6,18 @@ decontaminate them, how datatrove executes the work, and (through `tokenizer` / 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from fullchain.core.contracts import Stage
+from fullchain.core.schema import BenchmarkConfig, check_benchmark_names
 from fullchain.data.tokenize_config import PackConfig, TokenizerConfig
 
 SOURCE_FORMATS = ("txt", "jsonl", "parquet", "hf_disk", "stdlib")
+# A source name becomes a folder (cleaned/<name>/), a packed-file prefix and a data-card row: one
+# rule, checked when the config is built, so a bad name fails before any cleaning starts.
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _EXTENSION_FORMATS = {
     ".txt": "txt",
     ".text": "txt",
@@ -57,8 +63,9 @@ class SourceConfig:
     """Read at most this many documents (in file order; a capped source is read by one task)."""
 
     def __post_init__(self) -> None:
-        if not self.name or any(ch in self.name for ch in "/\\ ${}"):
-            raise ValueError(f"name: {self.name!r} must be non-empty without '/', spaces, '$' or braces")
+        if not isinstance(self.name, str) or not SOURCE_NAME.match(self.name):
+            raise ValueError(f"name: {self.name!r} must match {SOURCE_NAME.pattern} (letters, digits, "
+                             "'.', '_', '-'; it names folders and packed files)")
         if self.format is None:
             if not self.path:
                 raise ValueError(f"path: source {self.name!r} has no path (and format is not 'stdlib')")
@@ -73,7 +80,6 @@ class SourceConfig:
             raise ValueError(f"units_per_document: {self.units_per_document} must be >= 1")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"max_documents: {self.max_documents} must be >= 1 or null")
-
 
     def content_files(self, field_name: str):
         """The files whose contents the step id hashes for `path` (core's hashing asks): for a
@@ -237,31 +243,12 @@ class DedupConfig:
 
 
 @dataclass
-class BenchmarkConfig:
-    """One evaluation set whose passages must not leak into training."""
-
-    name: str = "benchmark"
-    """Benchmark name, as reported in decontamination.json and next to eval scores."""
-    path: str = field(default="", metadata={"hash": "content"})
-    """File or glob: .jsonl, .json, .csv (optionally .gz / .bz2)."""
-    text_fields: list[str] = field(default_factory=lambda: ["question"])
-    """Fields joined (by newline) into the text of an item."""
-    id_field: Optional[str] = None
-    """Field with the item id; None uses `file:line`."""
-
-    def __post_init__(self) -> None:
-        if not self.path:
-            raise ValueError(f"path: benchmark {self.name!r} has no path")
-        if not self.text_fields:
-            raise ValueError(f"text_fields: benchmark {self.name!r} lists no fields")
-
-
-@dataclass
 class DecontaminationConfig:
     """Long n-gram overlap between training documents and evaluation items."""
 
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)
-    """Evaluation sets to check against; empty disables decontamination."""
+    """Evaluation sets to check against (the spec's `benchmarks` group, the same list the eval
+    stage scores); empty disables decontamination."""
     ngram_size: int = 13
     """n-gram length in normalised words (characters for CJK), as in GPT-3's decontamination."""
     action: Literal["drop", "flag"] = "drop"
@@ -270,6 +257,7 @@ class DecontaminationConfig:
     def __post_init__(self) -> None:
         if self.ngram_size < 4:
             raise ValueError(f"ngram_size: {self.ngram_size} is too small (< 4) to mean contamination")
+        check_benchmark_names(self.benchmarks)
 
 
 @dataclass
@@ -371,3 +359,11 @@ class DataConfig:
             raise ValueError(f"tasks: {self.tasks} must be >= 1")
         if self.num_workers < 1:
             raise ValueError(f"num_workers: {self.num_workers} must be >= 1")
+
+
+# The data stage's place in the graph: no inputs (it reads corpora named in its config); it
+# provides the packed corpus pretrain reads and the tokenizer (with its chat template) that
+# conversation data and every later stage use. (`chat` will be its own kind, not this one's code.)
+STAGE = Stage(kind="data", module="fullchain.data", config=DataConfig,
+              outputs={"packed_corpus": "dataset.json", "tokenizer": "tokenizer"},
+              code_excludes=("chat",))

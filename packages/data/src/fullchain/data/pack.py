@@ -20,7 +20,6 @@ import gzip
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fullchain.data import pack_worker
+from fullchain.data.config import SOURCE_NAME
 from fullchain.data.pack_worker import SPLITS
 from fullchain.data.tokenize_config import PackConfig, TokenizerConfig
 from fullchain.data.tokenizer import (
@@ -43,7 +43,6 @@ from fullchain.data.tokenizer import (
 log = logging.getLogger(__name__)
 
 Source = tuple[str, float, list[Path]]
-_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Token ids below this fit uint16 (65535) with room to spare for ids added later.
 _UINT16_VOCAB_LIMIT = 65500
 
@@ -132,8 +131,9 @@ def _check_sources(sources: Sequence[Source]) -> list[Source]:
         except (TypeError, ValueError):
             raise ValueError(
                 f"sources[{position}]: expected (name, weight, files), got {entry!r}") from None
-        if not isinstance(name, str) or not _SOURCE_NAME.match(name):
-            raise ValueError(f"sources[{position}]: name {name!r} must match {_SOURCE_NAME.pattern}")
+        # The same rule SourceConfig applies when the spec is converted (long before packing).
+        if not isinstance(name, str) or not SOURCE_NAME.match(name):
+            raise ValueError(f"sources[{position}]: name {name!r} must match {SOURCE_NAME.pattern}")
         if name in seen:
             raise ValueError(f"sources[{position}]: name {name!r} appears twice")
         seen.add(name)

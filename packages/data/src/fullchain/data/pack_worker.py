@@ -19,6 +19,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+from fullchain.data.language import guess_language
+
 SPLITS = ("train", "valid", "test")
 
 # Split assignment: document i of a source goes to the split whose interval of [0, 1) holds
@@ -163,27 +165,8 @@ def encode_batch(lines: list[bytes], first_index: int, first_line: int, file: st
     for k, record in enumerate(records):
         if record is None or len(token_ids[k]) < min_tokens:
             continue
-        language = document_language(record) or _guess_language(texts[k])
+        language = document_language(record) or guess_language(texts[k])
         counts = result.held_out.setdefault(language, [0, 0])
         counts[0] += len(token_ids[k])
         counts[1] += len(unicodedata.normalize("NFC", texts[k]))
     return result
-
-
-def _guess_language(text: str) -> str:
-    """Language of a document the cleaning step did not label: Chinese by script (Han
-    characters without kana/hangul), everything else by langid (its model loads on first use,
-    ~3 s; the cleaning step normally labels every document, so this is the rare path)."""
-    sample = text[:4000]
-    han = sum(1 for ch in sample if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf")
-    letters = sum(1 for ch in sample if ch.isalpha())
-    if letters and han / letters >= 0.3:
-        kana_or_hangul = any("\u3040" <= ch <= "\u30ff" or "\uac00" <= ch <= "\ud7af"
-                             for ch in sample)
-        if not kana_or_hangul:
-            return "zh"
-    if "identifier" not in _STATE:
-        from langid.langid import LanguageIdentifier, model
-
-        _STATE["identifier"] = LanguageIdentifier.from_modelstring(model, norm_probs=False)
-    return _STATE["identifier"].classify(sample)[0]
