@@ -43,11 +43,12 @@ def _last_filter(steps: list[dict], source: str) -> str:
 
 def check_not_empty(steps: list[dict], sources: list[str], label: str) -> None:
     """Raise EmptyCorpusError naming the filter when a source has no documents after `label`."""
-    from fullchain.data.card import tally
+    from fullchain.data.card import stats_name, step_stats, tally
+    from fullchain.data.clean import QualityFilter
 
     empty = [name for name in sources if tally(steps, label, name)["documents"] == 0] if label == "final" else []
     if label == "clean":
-        quality = next((s["stats"] for s in steps if s["name"].endswith("quality")), {})
+        quality = step_stats(steps, stats_name(QualityFilter.type, QualityFilter.name)) or {}
         empty = [name for name in sources if quality.get(f"out/{name}", 0) == 0]
     if empty:
         details = "; ".join(f"source '{name}': {_last_filter(steps, name)}" for name in empty)
