@@ -102,3 +102,22 @@ def test_deployment_and_eval_results_round_trip(tmp_path):
     (tmp_path / "deployment.json").write_text(json.dumps({"engine": "x", "model_name": "m", "command": []}))
     with pytest.raises(ContractError, match=r"deployment.json: key 'command' must be a non-empty list"):
         contracts.read_deployment(tmp_path)
+
+
+def test_tool_tasks_round_trip_and_bad_tasks_name_file_line_and_key(tmp_path):
+    tool = {"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}
+    tasks = [{"id": "tool_use/heldout/00001", "question": "What is 17 times 23 plus 5?", "answer": "396",
+              "expression": "(17 * 23) + 5", "wording_seen": False}]
+    contracts.write_tool_tasks(tmp_path, {"train": tasks * 2, "heldout": tasks}, [tool], system="Use tools.",
+                               extra={"seed": 1})
+    back = contracts.read_tool_tasks(tmp_path)
+    assert back.num_tasks == {"train": 2, "heldout": 1} and back.tools == [tool] and back.system == "Use tools."
+    assert list(back.tasks("heldout")) == tasks
+    assert contracts.TYPES["tool_tasks"].read(tmp_path).splits == back.splits
+    with pytest.raises(ContractError, match=r"heldout.jsonl:1: 'answer' must be a non-empty string"):
+        contracts.write_tool_tasks(tmp_path / "bad", {"heldout": [dict(tasks[0], answer=396)]}, [tool])
+    with pytest.raises(ContractError, match=r"tools\[0\] must be"):
+        contracts.write_tool_tasks(tmp_path / "bad", {"heldout": tasks}, [{"name": "calculator"}])
+    (tmp_path / "heldout.jsonl").write_text(json.dumps({"id": "x", "question": "q", "answer": "1"}) + "\n")
+    with pytest.raises(ContractError, match=r"heldout.jsonl:1: 'expression' must be a non-empty string"):
+        list(back.tasks("heldout"))

@@ -14,6 +14,8 @@ importing a sibling stage. Stdlib only: the driver validates specs without torch
                         (pretrain, tune -> tune, eval, deploy)
     conversations       conversations.json + one JSONL per split: chat `messages` (+ `tools`)
                         or preference pairs `prompt`/`chosen`/`rejected`    (chat data -> tune, agent)
+    tool_tasks          tasks.json + one JSONL per split: question, exact answer, expression,
+                        and the tools' OpenAI schemas                       (chat data -> agent)
     deployment          deployment.json: engine, serve command, env, health path; a service the
                         runner can start for dependents                      (deploy -> eval, agent)
     eval_results        results.json: one row per model x benchmark          (eval)
@@ -364,9 +366,34 @@ class ConversationSet:
                     yield check_conversation(json.loads(line), self.format, f"{file}:{number}")
 
 
+def _check_tool_calls(calls: Any, where: str) -> None:
+    """OpenAI-shaped calls: [{"type": "function", "function": {"name", "arguments"}}], arguments a
+    JSON object (or a string that decodes to one; the chat template inlines it as it is)."""
+    if not isinstance(calls, list) or not calls:
+        raise ContractError(f"{where} must be a non-empty list of tool calls")
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or call.get("type", "function") != "function":
+            raise ContractError(f"{where}[{j}] must be {{\"type\": \"function\", \"function\": "
+                                f"{{\"name\", \"arguments\"}}}}")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise ContractError(f"{where}[{j}].function.name must be a non-empty string")
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise ContractError(f"{where}[{j}].function.arguments is not valid JSON: {exc}") from None
+        if not isinstance(arguments, dict):
+            raise ContractError(f"{where}[{j}].function.arguments must be a JSON object, got "
+                                f"{type(arguments).__name__}")
+
+
 def check_conversation(record: Any, fmt: str, where: str) -> dict[str, Any]:
     """One canonical record, checked: `messages` [{role, content, tool_calls?}] (+ `tools`), or
-    `prompt` (messages) / `chosen` / `rejected` (assistant messages)."""
+    `prompt` (messages) / `chosen` / `rejected` (assistant messages). An assistant turn has content
+    or OpenAI-shaped `tool_calls` (arguments a JSON object); a tool turn's content is a string;
+    `tools` is a list of OpenAI function schemas."""
     if not isinstance(record, dict):
         raise ContractError(f"{where}: expected a JSON object")
 
@@ -378,6 +405,26 @@ def check_conversation(record: Any, fmt: str, where: str) -> dict[str, Any]:
                 raise ContractError(f"{where}: {key}[{i}].role must be one of {list(_ROLES)}")
             if not isinstance(message.get("content", ""), (str, type(None))):
                 raise ContractError(f"{where}: {key}[{i}].content must be a string")
+            if "tool_calls" in message:
+                if message["role"] != "assistant":
+                    raise ContractError(f"{where}: {key}[{i}].tool_calls: only an assistant turn "
+                                        f"calls tools (role is {message['role']!r})")
+                _check_tool_calls(message["tool_calls"], f"{where}: {key}[{i}].tool_calls")
+            elif message["role"] == "assistant" and not message.get("content"):
+                raise ContractError(f"{where}: {key}[{i}]: an assistant turn needs content or tool_calls")
+            if message["role"] == "tool" and not isinstance(message.get("content"), str):
+                raise ContractError(f"{where}: {key}[{i}].content: a tool turn's result must be a string")
+
+    tools = record.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise ContractError(f"{where}: 'tools' must be a list of OpenAI function schemas")
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if (not isinstance(function, dict) or not isinstance(function.get("name"), str)
+                    or tool.get("type", "function") != "function"):
+                raise ContractError(f"{where}: tools[{i}] must be {{\"type\": \"function\", "
+                                    f"\"function\": {{\"name\", \"description\", \"parameters\"}}}}")
 
     if fmt == "messages":
         messages(record.get("messages"), "messages")
@@ -434,6 +481,92 @@ def read_conversations(source: Artifact | str | Path) -> ConversationSet:
                            num_records=dict(doc.get("num_records") or {}))
 
 
+# ---------------------------------------------------------------------------- tool_tasks
+
+
+@dataclass(frozen=True)
+class ToolTaskSet:
+    """Questions whose exact answer needs a tool, with the tools to offer (the agent scores a
+    model on them). A task: `id`, `question`, `answer` (the exact answer as text, e.g. "2035"),
+    `expression` (what computes it), plus free metadata (family, wording, wording_seen, steps)."""
+
+    path: Path
+    tools: list[dict[str, Any]]
+    """OpenAI function schemas ({"type": "function", "function": {...}}) the tasks are solved with."""
+    system: str | None
+    """The system prompt the conversations were made with (None: none)."""
+    splits: dict[str, Path]
+    num_tasks: dict[str, int]
+
+    def tasks(self, split: str) -> Iterator[dict[str, Any]]:
+        """The tasks of a split, each checked; errors name file:line and the field."""
+        if split not in self.splits:
+            raise ContractError(f"{self.path / 'tasks.json'}: no split {split!r}; has {sorted(self.splits)}")
+        file = self.splits[split]
+        with open(file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    yield check_tool_task(json.loads(line), f"{file}:{number}")
+
+
+def check_tool_task(task: Any, where: str) -> dict[str, Any]:
+    if not isinstance(task, dict):
+        raise ContractError(f"{where}: expected a JSON object")
+    for key in ("id", "question", "answer", "expression"):
+        if not isinstance(task.get(key), str) or not task[key]:
+            raise ContractError(f"{where}: '{key}' must be a non-empty string")
+    return task
+
+
+def write_tool_tasks(out: Path, splits: dict[str, Iterable[dict[str, Any]]], tools: list[dict[str, Any]],
+                     system: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write one JSONL per split (each task checked) and `tasks.json`."""
+    check_conversation({"messages": [{"role": "assistant", "content": "-"}], "tools": tools},
+                       "messages", "tools")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, tasks in splits.items():
+        file = out / f"{split}.jsonl"
+        tmp = file.with_suffix(f".jsonl.{os.getpid()}.tmp")
+        count = 0
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for task in tasks:
+                count += 1
+                check_tool_task(task, f"{file}:{count}")
+                handle.write(json.dumps(task, ensure_ascii=False) + "\n")
+        os.replace(tmp, file)
+        counts[split] = count
+    descriptor = {"version": TYPES["tool_tasks"].version, "tools": tools, "system": system,
+                  "splits": {split: f"{split}.jsonl" for split in counts}, "num_tasks": counts,
+                  **(extra or {})}
+    write_json_atomic(out / "tasks.json", descriptor)
+    return out / "tasks.json"
+
+
+def read_tool_tasks(source: Artifact | str | Path) -> ToolTaskSet:
+    path = locate(source, "tool_tasks")
+    file = path / "tasks.json"
+    doc = _load_json(file)
+    _check_version(doc, "tool_tasks", file)
+    tools = _require(doc, "tools", list, file)
+    try:
+        check_conversation({"messages": [{"role": "assistant", "content": "-"}], "tools": tools},
+                           "messages", f"{file}")
+    except ContractError as exc:
+        raise ContractError(f"{exc} (key 'tools')") from None
+    system = doc.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ContractError(f"{file}: key 'system' is {system!r}, expected a string or null")
+    splits = {}
+    for split, name in _require(doc, "splits", dict, file).items():
+        if not (path / name).is_file():
+            raise ContractError(f"{file}: splits.{split}: {path / name} does not exist")
+        splits[split] = path / name
+    return ToolTaskSet(path=path, tools=tools, system=system, splits=splits,
+                       num_tasks=dict(doc.get("num_tasks") or {}))
+
+
 # ---------------------------------------------------------------------------- deployment
 
 
@@ -454,6 +587,13 @@ class Deployment:
     api_base: str = "/v1"
     startup_timeout_s: float = 300.0
     path: Path | None = None
+    api_key_env: str | None = None
+    """Environment variable whose value (when set where the server starts) is the API key
+    clients must send as `Authorization: Bearer <key>`; the key is never stored."""
+    quantization: str = "none"
+    """How the served weights differ from the source model (`none`, `awq-w4a16`, ...)."""
+    source_model: str | None = None
+    """The full-precision model it serves (lineage: eval compares the two)."""
 
     def argv(self, host: str, port: int) -> list[str]:
         values = {"host": host, "port": str(port), "artifact": str(self.path or "")}
@@ -484,7 +624,10 @@ def read_deployment(source: Artifact | str | Path) -> Deployment:
                       host=str(doc.get("host", "127.0.0.1")), port=port,
                       health_path=str(doc.get("health_path", "/v1/models")),
                       api_base=str(doc.get("api_base", "/v1")),
-                      startup_timeout_s=float(doc.get("startup_timeout_s", 300.0)), path=path)
+                      startup_timeout_s=float(doc.get("startup_timeout_s", 300.0)), path=path,
+                      api_key_env=doc.get("api_key_env") or None,
+                      quantization=str(doc.get("quantization", "none")),
+                      source_model=doc.get("source_model") or None)
 
 
 # ---------------------------------------------------------------------------- eval_results
@@ -542,6 +685,7 @@ TYPES: dict[str, ArtifactType] = {
         ArtifactType("megatron_checkpoint", 1, "checkpoints", read_megatron_checkpoint),
         ArtifactType("hf_model", 1, "hf", read_hf_model),
         ArtifactType("conversations", 1, ".", read_conversations),
+        ArtifactType("tool_tasks", 1, "tasks", read_tool_tasks),
         ArtifactType("deployment", 1, ".", read_deployment, service=True),
         ArtifactType("eval_results", 1, ".", read_eval_results),
     )
