@@ -1,6 +1,12 @@
-"""fullchain.deploy: planned stage. Its config schema (`DeployConfig`) is part of the spec tree
-now; the stage's `run` lands with its own issue, so `stages=[deploy]` is refused with a clear
-error until then."""
+"""fullchain.deploy: a HF model -> a deployment (an OpenAI-compatible server the chain can
+start): transformers' server with limits and an API key on CPU, LMDeploy on NVIDIA GPUs."""
 from fullchain.deploy.config import DeployConfig
 
-__all__ = ["DeployConfig"]
+
+def run(cfg, inputs, out):
+    from fullchain.deploy.stage import run as _run
+
+    return _run(cfg, inputs, out)
+
+
+__all__ = ["DeployConfig", "run"]

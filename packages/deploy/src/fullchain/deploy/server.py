@@ -1,0 +1,112 @@
+"""`python -m fullchain.deploy.server`: the CPU serving process — transformers' own OpenAI server
+(`transformers serve`: its FastAPI app, handlers, tool-call parser, optional continuous
+batching) with the gateway (API key, limits, concurrency cap) in front, in one uvicorn process.
+
+The deploy artifact's `deployment.json` holds the exact command line; `fullchain serve` and the
+runner start it. uvicorn stops cleanly on SIGTERM and Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from fullchain.deploy.gateway import Gateway, Limits
+
+
+def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: str | None,
+              continuous_batching: bool, dtype: str):
+    """The engine's app for one pinned model, served under `served_model_name`, in the gateway."""
+    from transformers.cli.serving.chat_completion import ChatCompletionHandler
+    from transformers.cli.serving.completion import CompletionHandler
+    from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.server import build_server
+    from transformers.cli.serving.utils import GenerationState
+
+    class PinnedModel(ModelManager):
+        """transformers' model manager, answering to the served name for the model directory.
+        (It pins a model by its path and would show the path as the model's id.)"""
+
+        def process_model_name(self, model_id: str) -> str:
+            return served_model_name if model_id == served_model_name else super().process_model_name(model_id)
+
+        def _load_processor(self, model_id_and_revision, gguf_file=None):
+            return super()._load_processor(self._path(model_id_and_revision), gguf_file=gguf_file)
+
+        def _load_model(self, model_id_and_revision, *args, **kwargs):
+            return super()._load_model(self._path(model_id_and_revision), *args, **kwargs)
+
+        @staticmethod
+        def _path(model_id: str) -> str:
+            return str(model_dir) if model_id == served_model_name else model_id
+
+    manager = PinnedModel(device="cpu", dtype=dtype, continuous_batching=continuous_batching,
+                          force_model=served_model_name)
+    state = GenerationState(continuous_batching=continuous_batching)
+    app = build_server(manager, ChatCompletionHandler(model_manager=manager, generation_state=state),
+                       completion_handler=CompletionHandler(model_manager=manager,
+                                                            generation_state=state),
+                       response_handler=None, transcription_handler=None, systemone_handler=None,
+                       generation_state=state)
+    # the loaded processor renders prompts exactly as the engine will
+    _, processor = manager.load_model_and_processor(served_model_name)
+    tokenizer = getattr(processor, "tokenizer", processor)
+
+    def count_prompt_tokens(path: str, body: dict) -> int:
+        if path == "/v1/completions":
+            return len(tokenizer(body["prompt"])["input_ids"])
+        ids = tokenizer.apply_chat_template(body["messages"], tools=body.get("tools"),
+                                            add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        return len(ids)
+
+    return Gateway(app, limits, count_prompt_tokens, api_key=api_key)
+
+
+def context_length(model_dir: Path) -> int:
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or config.get("max_sequence_length") or 2048)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fullchain.deploy.server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path, help="HF model directory")
+    parser.add_argument("--served-model-name", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--continuous-batching", action="store_true")
+    parser.add_argument("--api-key-env", default=None,
+                        help="environment variable holding the API key (unset or empty: no key)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--default-max-tokens", type=int, default=128)
+    parser.add_argument("--max-concurrent-requests", type=int, default=16)
+    parser.add_argument("--max-request-bytes", type=int, default=1 << 20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+
+    import torch
+    import uvicorn
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    context = context_length(args.model)
+    limits = Limits(max_prompt_tokens=min(args.max_prompt_tokens or context, context),
+                    max_tokens=args.max_tokens, default_max_tokens=args.default_max_tokens,
+                    context_length=context, max_concurrent_requests=args.max_concurrent_requests,
+                    max_request_bytes=args.max_request_bytes)
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    app = build_app(args.model, args.served_model_name, limits, api_key,
+                    args.continuous_batching, args.dtype)
+    print(f"fullchain.deploy.server: {args.served_model_name} from {args.model} on "
+          f"http://{args.host}:{args.port} (API key {'required' if api_key else 'off'}; limits "
+          f"{limits})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
