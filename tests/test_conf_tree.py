@@ -37,7 +37,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUP_OPTIONS = [(g, o) for g in ("data", "tokenizer", "model", "parallel", "pretrain", "tune",
+GROUP_OPTIONS = [(g, o) for g in ("data", "chat_data", "tokenizer", "model", "parallel", "pretrain", "tune",
                                   "eval", "deploy", "agent", "launcher", "env", "benchmarks")
                  for o in _options(g)]
 
@@ -59,14 +59,15 @@ def test_every_group_option_converts(group, option):
 
 def test_default_graph_covers_all_six_stages():
     spec = compose()
-    assert list(spec["graph"]) == ["data", "pretrain", "tune", "eval", "deploy", "agent"]
+    assert list(spec["graph"]) == ["data", "chat_data", "pretrain", "tune", "eval", "deploy", "agent"]
     assert spec["graph"]["pretrain"]["inputs"] == {"corpus": "data"}
+    assert spec["graph"]["chat_data"] == {"stage": "data.chat", "inputs": {"tokenizer": "data"}}
     assert spec["graph"]["eval"]["inputs"]["models"] == ["pretrain", "tune"]
 
 
 def test_tiny_experiment_is_the_cpu_demo():
     spec = compose("experiment=tiny")
-    assert spec["stages"] == ["data", "pretrain"]
+    assert spec["stages"] == ["data", "chat_data", "pretrain"]
     assert spec["launcher"]["name"] == "local"
 
 
@@ -76,10 +77,12 @@ def test_one_benchmark_list_is_decontaminated_and_scored(monkeypatch, tmp_path):
     monkeypatch.setenv("FULLCHAIN_SHARED_DATA", str(tmp_path))
     tiny = compose("experiment=tiny")
     assert tiny["benchmarks"] == tiny["data"]["decontamination"]["benchmarks"] == []
+    assert tiny["chat_data"]["decontamination"]["benchmarks"] == []
     spec = compose("experiment=small_cpu")
     names = [b["name"] for b in spec["benchmarks"]]
     assert names == ["gsm8k", "arc_challenge", "boolq", "mmlu", "ceval", "cmmlu"]
     assert spec["data"]["decontamination"]["benchmarks"] == spec["eval"]["benchmarks"] == spec["benchmarks"]
+    assert spec["chat_data"]["decontamination"]["benchmarks"] == spec["benchmarks"]
     configs = convert_all(spec)
     assert configs["data"].decontamination.benchmarks == configs["eval"].benchmarks
     assert all(b.path.startswith(str(tmp_path)) for b in configs["eval"].benchmarks)

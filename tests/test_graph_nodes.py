@@ -122,8 +122,9 @@ def test_auto_values_are_resolved_before_hashing(tmp_path):
 
 
 def test_planning_loads_only_the_declarations_on_the_path(tmp_path):
-    """`stages=[data,pretrain]` must not need the eval (or tune, deploy, agent) package: an
-    environment that lacks them plans and runs the corpus and pretraining steps."""
+    """`experiment=tiny` (data, chat_data, pretrain) must not need the eval (or tune, deploy,
+    agent) package: an environment that lacks them plans and runs the corpus, conversation and
+    pretraining steps."""
     script = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
@@ -140,4 +141,4 @@ def test_planning_loads_only_the_declarations_on_the_path(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                          cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['data', 'pretrain']"
+    assert out.stdout.strip() == "['data', 'chat_data', 'pretrain']"

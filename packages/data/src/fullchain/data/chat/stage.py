@@ -131,6 +131,7 @@ class Lengths:
         from transformers import PreTrainedTokenizerFast
 
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+        self.tokenizer.model_max_length = 1 << 62  # we measure lengths: no 'too long' warning
         self.template = chat_template
 
     def render(self, messages: list[dict], tools: list[dict] | None) -> str:
