@@ -87,8 +87,11 @@ def packed_documents(prefix: Path) -> list[np.ndarray]:
 def test_dataset_json_schema_and_blend(packed):
     out, metrics = packed
     spec = json.loads((out / "dataset.json").read_text())
-    assert set(spec) == {"format", "tokenizer", "vocab_size", "eod_id", "pad_id", "bos_id",
+    assert set(spec) == {"format", "version", "tokenizer", "vocab_size", "eod_id", "pad_id", "bos_id",
                          "dtype", "splits"}
+    from fullchain.core.contracts import read_packed_corpus
+
+    assert read_packed_corpus(out).splits["train"].num_tokens == spec["splits"]["train"]["num_tokens"]
     assert spec["format"] == "megatron-indexed" and spec["tokenizer"] == "tokenizer"
     assert (spec["vocab_size"], spec["eod_id"], spec["pad_id"], spec["bos_id"]) == (700, 0, 1, None)
     assert spec["dtype"] == "uint16"

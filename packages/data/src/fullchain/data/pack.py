@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import gzip
-import json
 import logging
 import os
 import shutil
@@ -377,11 +376,12 @@ def _pack_source(name: str, files: list[Path], pack: PackConfig, phase: int, dty
 
 
 def write_dataset_json(out: Path, info: TokenizerInfo, dtype: str, sources: Sequence[Source],
-                       documents: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """`out/dataset.json`: the packed prefixes per split with renormalised blend weights."""
-    from fullchain.core.artifact import write_json_atomic
+                       documents: dict[str, dict[str, int]]) -> Path:
+    """`out/dataset.json` (core's packed_corpus contract): the packed prefixes per split with
+    renormalised blend weights."""
+    from fullchain.core.contracts import PackedSplit, write_packed_corpus
 
-    splits: dict[str, Any] = {}
+    splits: dict[str, PackedSplit] = {}
     for split in SPLITS:
         prefixes, weights, num_tokens, num_documents = [], [], [], []
         for name, weight, _ in sources:
@@ -394,15 +394,9 @@ def write_dataset_json(out: Path, info: TokenizerInfo, dtype: str, sources: Sequ
             num_documents.append(count)
             num_tokens.append(_count_tokens(out / prefix, dtype))
         total = sum(weights)
-        splits[split] = {
-            "prefixes": prefixes,
-            "weights": [w / total for w in weights],
-            "num_tokens": num_tokens,
-            "num_documents": num_documents,
-        }
-    payload = {"format": "megatron-indexed", **summary(info), "dtype": dtype, "splits": splits}
-    write_json_atomic(out / "dataset.json", payload)
-    return payload
+        splits[split] = PackedSplit(prefixes=prefixes, weights=[w / total for w in weights],
+                                    num_tokens=num_tokens, num_documents=num_documents)
+    return write_packed_corpus(out, dtype=dtype, splits=splits, **summary(info))
 
 
 def _count_tokens(prefix: Path, dtype: str) -> int:
@@ -412,9 +406,4 @@ def _count_tokens(prefix: Path, dtype: str) -> int:
     return Path(f"{prefix}.bin").stat().st_size // np.dtype(dtype).itemsize
 
 
-def read_dataset_json(artifact: Path) -> dict[str, Any]:
-    """Load `dataset.json` of a data artifact (helper for consumers and tests)."""
-    return json.loads((Path(artifact) / "dataset.json").read_text(encoding="utf-8"))
-
-
-__all__ = ["finalize", "resolve_dtype", "read_dataset_json", "training_texts"]
+__all__ = ["finalize", "resolve_dtype", "training_texts"]
