@@ -105,7 +105,8 @@ def test_duplicates_over_length_records_and_weights_are_counted(tmp_path, chat_t
     source = card["sources"]["chat"]
     assert source["deduplicated"] == 1  # record 2 differs from record 1 only in case
     assert source["truncated"] == 1 and source["dropped_over_length"] == 1
-    assert source["kept"] == 3 and source["train_after_weight"] == 6 and metrics["records"]["train"] == 6
+    assert source["kept"] == 3 and source["train_after_weight"] == 6
+    assert metrics["records"]["train"] == card["records"]["train"] == 6 and card["tokens"]["train"]["records"] == 3
     train = list(read_conversations(out / "conversations").records("train"))
     cut = next(r for r in train if r["id"] == "chat/chat.jsonl:3")
     assert [m["content"] for m in cut["messages"]] == ["Hi", "Hello!"]

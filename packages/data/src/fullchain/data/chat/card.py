@@ -56,7 +56,9 @@ def build_card(cfg: ChatDataConfig, stats: dict, by_source: dict, before: dict, 
                                  for name, b in decontamination["benchmarks"].items()}}
     return {
         "format": cfg.format,
-        "records": {split: len(after.get(split, [])) for split in SPLITS},
+        # what the conversation set holds: the train split after source weights
+        "records": {"train": sum(s["train_after_weight"] for s in sources.values()),
+                    **{split: len(after.get(split, [])) for split in SPLITS[1:]}},
         "totals": totals,
         "sources": sources,
         "seq_length": cfg.seq_length,
@@ -93,7 +95,8 @@ def render_markdown(card: dict) -> str:
     if notes:
         lines += ["", "Notes: " + "; ".join(notes)]
     lines += ["", f"## Tokens (chat template applied; tokenizer `{card['tokenizer']}`)", "",
-              f"seq_length {card['seq_length']}, over-length records: {card['over_length']}.", "",
+              f"seq_length {card['seq_length']}, over-length records: {card['over_length']}. Distinct "
+              "records, before source weights; over seq_length counted before truncating.", "",
               "| split | records | tokens | mean | p50 | p90 | p99 | max | over seq_length (before) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for split, s in card["tokens"].items():
