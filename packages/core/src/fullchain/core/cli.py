@@ -6,6 +6,8 @@
     fullchain plan experiment=tiny                      # graph, ids, cached / to-run and why
     fullchain show <artifact-dir | step-id>             # manifest and lineage back to the corpus
     fullchain env sync [NAME ...] | fullchain env list  # per-stage environments
+    fullchain serve <deploy artifact | step id> [deploy.api_key=KEY deploy.port=0]  # foreground
+    fullchain deploy bench <artifact | URL> --concurrency 1,8,32 --duration 30   # load test
 """
 from __future__ import annotations
 
@@ -189,6 +191,140 @@ def cmd_env(args) -> int:
     return 0
 
 
+# --- serve / deploy bench ----------------------------------------------------------------------
+
+SERVE_OPTIONS = ("api_key", "port", "host")
+"""`deploy.<option>=value` overrides `fullchain serve` applies when starting, not to the spec."""
+
+
+def _serve_target(args) -> tuple[Path, dict, dict]:
+    """(deploy artifact, serve-time options, its config) from an artifact dir, a step id, or
+    the spec (overrides): the deploy node's complete artifact in the store."""
+    from fullchain.core import show
+    from fullchain.core import spec as spec_mod
+    from fullchain.core.artifact import read_manifest
+
+    target, overrides = args.target, list(args.overrides)
+    if target is not None and "=" in target:
+        target, overrides = None, [target, *overrides]
+    options, rest = {}, []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        node, _, option = key.partition(".")
+        if node == args.node and option in SERVE_OPTIONS:
+            options[option] = value
+        else:
+            rest.append(override)
+    conf_dir = spec_mod.find_conf_dir(args.conf)
+    if target is not None:
+        if rest:
+            raise ConfigError(f"serve {target}: the artifact is built; only "
+                              f"{', '.join(f'{args.node}.{o}' for o in SERVE_OPTIONS)} apply when "
+                              f"serving it (got {rest}). To change the deployment, rebuild it: "
+                              f"fullchain run stages=[{args.node}] ...")
+        store = None
+        if not Path(target).is_dir():
+            spec = spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(conf_dir, [])))
+            store = Path(spec["paths"]["store"])
+        path = show.locate(target, store)
+    else:
+        from fullchain.core import runner
+
+        spec_doc = spec_mod.to_spec(spec_mod.compose(conf_dir, [*rest, f"stages=[{args.node}]"]))
+        _, steps = runner.plan(spec_doc)
+        (step,) = [s for s in steps if s.name == args.node]
+        if step.status != "cached":
+            raise ConfigError(f"serve: the {args.node} step {step.step_id} of this spec is not built "
+                              f"({step.reason}); build it first: fullchain run stages=[{args.node}] "
+                              + " ".join(rest))
+        path = step.path
+    manifest = read_manifest(path) or {}
+    if manifest and "deployment" not in (manifest.get("contracts") or {}):
+        raise ArtifactError(f"{path}: a {manifest.get('stage')} artifact, not a deployment "
+                            f"(it provides {sorted(manifest.get('contracts') or {})})")
+    return path, options, manifest.get("config") or {}
+
+
+def cmd_serve(args) -> int:
+    """The deployment's server in the foreground until Ctrl-C or SIGTERM; no process is left."""
+    import os
+    import signal
+
+    from fullchain.core import procs, services
+    from fullchain.core.contracts import read_deployment
+
+    path, options, config = _serve_target(args)
+    deployment = read_deployment(path)
+    env = dict(os.environ)
+    if "api_key" in options:
+        if not deployment.api_key_env:
+            raise ConfigError(f"{args.node}.api_key: the {deployment.engine} deployment at {path} "
+                              "names no api_key_env to pass a key through")
+        env[deployment.api_key_env] = options["api_key"]
+    host = options.get("host") or config.get("host") or deployment.host
+    port = int(options.get("port", config.get("port", 8000)))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = Path(path) / "logs" / f"serve-{stamp}-{os.getpid()}"
+    started = time.time()
+    running = services.start(args.node, Path(path), log_dir, env, host=host, port=port)
+    try:
+        keyed = bool(deployment.api_key_env and env.get(deployment.api_key_env))
+        print(f"fullchain serve: ready {running.url} model {deployment.model_name} "
+              f"(engine {deployment.engine}, pid {running.service.pid}, started in "
+              f"{time.time() - started:.1f}s, API key {'required' if keyed else 'off'}); logs: "
+              f"{log_dir}; Ctrl-C or SIGTERM stops it", flush=True)
+        while running.service.process.poll() is None:
+            time.sleep(0.5)
+        print(f"fullchain serve: the server exited {running.service.process.returncode} on its "
+              f"own; see {log_dir / 'service.stderr.log'}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, procs.Terminated) as exc:
+        name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+        print(f"fullchain serve: {name}: stopping the server", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        services.stop(running)
+
+
+def cmd_deploy_bench(args) -> int:
+    """Load-test a deployment (started here on a free port, stopped after) or a running URL."""
+    import json
+    import os
+
+    from fullchain.core import services
+    from fullchain.core.contracts import read_deployment
+    from fullchain.deploy.bench import format_table, load_test, write_report
+    from fullchain.deploy.config import BenchConfig
+
+    levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    bench = BenchConfig(concurrency=levels, duration_s=args.duration, max_requests=args.max_requests,
+                        max_tokens=args.max_tokens)
+    running = None
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.target.startswith(("http://", "https://")):
+        url, model = args.target.rstrip("/"), args.model
+        if model is None:
+            raise ConfigError("deploy bench URL: give --model (the served model name)")
+    else:
+        args.node, args.overrides = "deploy", []
+        path, _, _ = _serve_target(args)
+        deployment = read_deployment(path)
+        model = args.model or deployment.model_name
+        api_key = api_key or (os.environ.get(deployment.api_key_env) if deployment.api_key_env else None)
+        running = services.start("deploy", Path(path), Path(path) / "logs" / "bench-service",
+                                 dict(os.environ), port=0)
+        url = running.url
+    try:
+        rows = load_test(url, model, bench, api_key, echo=print)
+    finally:
+        if running is not None:
+            services.stop(running)
+    out = Path(args.out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    files = write_report(rows, out, title=f"{model} @ {url}")
+    print(f"\n{format_table(rows)}\n\n{json.dumps({k: str(v) for k, v in files.items()})}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fullchain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,6 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", dest="overrides", action="append", default=[],
                    help="Hydra override for the env config, e.g. --override env=current")
     p.set_defaults(func=cmd_env)
+    p = sub.add_parser("serve", help="serve a deployment in the foreground (Ctrl-C stops it)")
+    p.add_argument("target", nargs="?", help="deploy artifact dir or step id (default: the spec's "
+                   "deploy step, built)")
+    p.add_argument("--node", default="deploy", help="graph node of the deployment (default: deploy)")
+    common(p, spec=False)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("deploy", help="deployment tools: bench")
+    p.add_argument("action", choices=["bench"])
+    p.add_argument("target", help="deploy artifact dir, step id, or a running server's base URL")
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per level")
+    p.add_argument("--max-requests", type=int, default=2000, help="at most this many per level")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--model", help="served model name (default: the deployment's)")
+    p.add_argument("--api-key-env", default="FULLCHAIN_API_KEY")
+    p.add_argument("--out", help="where bench.json and the PNG go (default: runs/bench-<time>)")
+    p.add_argument("--conf")
+    p.set_defaults(func=cmd_deploy_bench)
     return parser
 
 
@@ -239,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
-        if args.command in ("run", "plan", "show") and all("=" in u for u in unknown):
+        if args.command in ("run", "plan", "show", "serve") and all("=" in u for u in unknown):
             args.overrides = list(args.overrides) + unknown
         else:
             build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")

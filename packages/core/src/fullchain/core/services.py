@@ -55,15 +55,17 @@ def clean_stale(artifact: Path) -> list[int]:
     return stopped
 
 
-def start(node: str, artifact: Path, log_dir: Path, env: dict[str, str]) -> Running:
-    """Start the deployment in `artifact` and wait until it is healthy."""
+def start(node: str, artifact: Path, log_dir: Path, env: dict[str, str],
+          host: str | None = None, port: int | None = None) -> Running:
+    """Start the deployment in `artifact` and wait until it is healthy. `host`/`port` override
+    the deployment's (`fullchain serve`; port 0: a free one)."""
     deployment = read_deployment(artifact)
     stale = clean_stale(artifact)
     if stale:
         log.warning("%-9s stopped %d server process(es) a dead run left (pids %s)", node,
                     len(stale), " ".join(map(str, stale)))
-    host = deployment.host
-    port = deployment.port or free_port(host)
+    host = host or deployment.host
+    port = (deployment.port if port is None else port) or free_port(host)
     argv = deployment.argv(host, port)
     token = procs.step_token(f"{artifact}#service#{os.getpid()}")
     pid_file = Path(artifact) / CONTROL_DIR / f"service-{os.getpid()}.json"

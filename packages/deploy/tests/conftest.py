@@ -1,0 +1,1 @@
+from deploy_testing import *  # noqa: F401,F403
