@@ -1,5 +1,7 @@
-"""fullchain.data.chat (stage kind `data.chat`): chat files + the synthetic tool-use task -> one
-validated, deduplicated, decontaminated conversation set (SFT or preference) with a card.
+"""fullchain.data.chat (stage kind `data.chat`): chat files + a synthetic tool-use task -> conversations.
+
+One validated, deduplicated, decontaminated conversation set (SFT or preference) with a card, and
+the tool-use tasks the agent is scored on.
 
 `run(cfg, inputs, out)` is the stage; `ChatDataConfig` its config. Importing this module imports
 only the stdlib config classes: transformers and the decontamination index load inside `run`.
