@@ -7,7 +7,7 @@ from fullchain.tune.translate import to_peft_lora_config, to_trl_config
 
 
 def _config(**fields) -> TuneConfig:
-    return to_dataclass(TuneConfig, {"dataset": "train.json", **fields}, "tune")
+    return to_dataclass(TuneConfig, fields, "tune")
 
 
 def test_lora_fields_become_a_peft_lora_config():
@@ -36,7 +36,7 @@ def test_sft_config_carries_the_shared_training_vocabulary(tmp_path):
 
 def test_dpo_fields_keep_trls_names(tmp_path):
     trl = pytest.importorskip("trl")
-    cfg = _config(method="dpo", dataset_format="dpo_pairs", dpo={"beta": 0.2, "loss_type": "ipo"},
+    cfg = _config(method="dpo", dpo={"beta": 0.2, "loss_type": "ipo"},
                   schedule={"train_iters": None, "epochs": 2.0, "lr_decay_style": "constant"})
     args = trl.DPOConfig(**to_trl_config(cfg, str(tmp_path), "fp32"))
     assert (args.beta, args.num_train_epochs, args.max_steps) == (0.2, 2.0, -1)
@@ -47,9 +47,22 @@ def test_dpo_fields_keep_trls_names(tmp_path):
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match=r"^tune\.lora\.alpha: unknown key .*Did you mean 'lora_alpha'"):
         _config(lora={"alpha": 16})
-    with pytest.raises(ConfigError, match=r"^tune\.dataset_format: method dpo needs"):
-        _config(method="dpo")
+    with pytest.raises(ConfigError, match=r"^tune\.packing: not supported for dpo"):
+        _config(method="dpo", packing=True)
     with pytest.raises(ConfigError, match=r"^tune\.schedule\.min_lr: .* must be within"):
         _config(schedule={"min_lr": 1.0})
     with pytest.raises(ValueError, match=r"^batch\.global_batch_size: 8 is not divisible"):
         to_trl_config(_config(), "out", "fp32", data_parallel_size=3)
+
+
+def test_qlora_fields_become_a_bitsandbytes_config():
+    transformers = pytest.importorskip("transformers")
+    cfg = _config(method="qlora", qlora={"bnb_4bit_quant_type": "fp4"})
+    from fullchain.tune.translate import to_bnb_config
+
+    kwargs = to_bnb_config(cfg, "bf16")
+    try:
+        bnb = transformers.BitsAndBytesConfig(**kwargs)
+    except ImportError as exc:  # the class checks that bitsandbytes is installed (GPU machines)
+        pytest.skip(f"bitsandbytes is not installed here: {exc}")
+    assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "fp4" and bnb.bnb_4bit_use_double_quant

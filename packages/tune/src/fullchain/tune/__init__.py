@@ -1,6 +1,13 @@
-"""fullchain.tune: planned stage. Its config schema (`TuneConfig`) is part of the spec tree
-now; the stage's `run` lands with its own issue, so `stages=[tune]` is refused with a clear
-error until then."""
+"""fullchain.tune: fine-tune a Hugging Face model on conversations (full SFT, LoRA, QLoRA, DPO)
+with transformers, peft and trl; writes a merged `hf/` model that eval and deploy load."""
 from fullchain.tune.config import TuneConfig
 
-__all__ = ["TuneConfig"]
+
+def run(cfg, inputs, out):
+    """`fullchain.tune.stage.run` (imported on call: this package imports nothing heavy)."""
+    from fullchain.tune.stage import run as _run
+
+    return _run(cfg, inputs, out)
+
+
+__all__ = ["TuneConfig", "run"]

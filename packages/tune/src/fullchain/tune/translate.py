@@ -58,6 +58,8 @@ def to_trl_config(cfg: TuneConfig, output_dir: str, precision: str,
         "report_to": [name for name, on in (("tensorboard", log.tensorboard),
                                             ("wandb", log.wandb != "off")) if on],
         "seed": cfg.seed,
+        "activation_checkpointing": cfg.gradient_checkpointing,  # transformers 5 name of it
+        "dataloader_num_workers": cfg.num_workers,
     }
     if cfg.checkpoint.save_interval:
         kwargs["save_steps"] = cfg.checkpoint.save_interval
@@ -66,3 +68,9 @@ def to_trl_config(cfg: TuneConfig, output_dir: str, precision: str,
     if cfg.method == "dpo":
         kwargs.update(dataclasses.asdict(cfg.dpo))
     return kwargs
+
+
+def to_bnb_config(cfg: TuneConfig, precision: str) -> dict[str, Any]:
+    """Keyword arguments of `transformers.BitsAndBytesConfig` for QLoRA's 4-bit base."""
+    return {"load_in_4bit": True, **dataclasses.asdict(cfg.qlora),
+            "bnb_4bit_compute_dtype": "bfloat16" if precision == "bf16" else "float32"}
