@@ -15,27 +15,37 @@ from tune_testing import build_model, build_tokenizer, metrics_rows, tune_config
 REPO = Path(__file__).resolve().parents[3]
 
 
-def test_lora_sft_through_the_runner(tune_base_model, sft_set, tmp_path):
+def test_lora_sft_through_the_runner_on_two_ranks(tune_base_model, sft_set, tmp_path):
+    """`fullchain run` under torchrun with 2 CPU ranks (gloo DDP through the Trainer): the
+    step's losses equal a one-process run of the same config (same 8 samples per step, 2 micro-
+    batches of 2 per rank vs 4 micro-batches in one process), the merged model is what base +
+    adapter compute, and a second run reuses the artifact."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fullchain.core.config import to_dataclass
+    from fullchain.tune.config import TuneConfig
+
     env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "store"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
-               FULLCHAIN_CACHE=str(tmp_path / "cache"))
+               FULLCHAIN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "fullchain.core.cli", "run", "stages=[tune]", "tune=lora", "env=current",
+            "launcher=torchrun", "launcher.nproc_per_node=2",
             "~graph.tune.inputs.model", f"tune.base_model={tune_base_model}", f"tune.dataset={sft_set}",
             # `++`: the YAML states only deltas from the dataclass defaults
-            "++tune.batch.seq_length=128", "++tune.batch.micro_batch_size=4", "++tune.batch.global_batch_size=8",
+            "++tune.batch.seq_length=128", "++tune.batch.micro_batch_size=2", "++tune.batch.global_batch_size=8",
             "++tune.schedule.train_iters=4", "++tune.schedule.epochs=null", "++tune.schedule.warmup_iters=1",
-            "++tune.optimizer.lr=1e-2", "++tune.logging.log_interval=1", "++tune.lora.r=4"]
+            "++tune.optimizer.lr=1e-2", "++tune.logging.log_interval=1", "++tune.lora.r=4",
+            "++tune.lora.lora_dropout=0.0"]  # dropout masks would differ between 1 and 2 ranks
     first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert first.returncode == 0, first.stderr[-5000:]
     (manifest_file,) = (tmp_path / "store" / "tune").glob("*/manifest.json")
     out = manifest_file.parent
     manifest = json.loads(manifest_file.read_text())
     assert manifest["contracts"] == {"hf_model": {"version": 1, "path": "hf"}}
+    assert manifest["placement"]["world_size"] == 2
     metrics = manifest["metrics"]
-    assert metrics["method"] == "lora" and metrics["train_steps"] == 4
+    assert metrics["method"] == "lora" and metrics["train_steps"] == 4 and metrics["world_size"] == 2
     assert metrics["tokens_per_second"] > 0 and metrics["eval_loss"] > 0
     assert metrics["train_label_tokens"] > 0 and metrics["train_records"] == 65
     rows = metrics_rows(out)
@@ -43,6 +53,10 @@ def test_lora_sft_through_the_runner(tune_base_model, sft_set, tmp_path):
     assert (out / "loss.png").stat().st_size > 0 and any((out / "tensorboard").iterdir())
     # base_model is hashed by content: the lineage names no upstream step
     assert manifest["inputs"] == {} and "base_model" in json.dumps(manifest["hash_payload"])
+    one_rank = run(to_dataclass(TuneConfig, manifest["config"], "tune"), {}, tmp_path / "one_rank")
+    assert one_rank["world_size"] == 1
+    assert [r["loss"] for r in metrics_rows(tmp_path / "one_rank") if "loss" in r] == pytest.approx(
+        [r["loss"] for r in rows if "loss" in r], abs=1e-4)
 
     merged = read_hf_model(out / "hf")  # what eval and deploy will read
     assert merged.chat_template and not merged.adapter
