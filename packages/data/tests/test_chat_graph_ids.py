@@ -1,5 +1,6 @@
 """chat_data is a node of its own: changing its config or its code leaves the corpus's (`data`)
-and pretrain's step ids unchanged; changing the data package's own code does change data's id."""
+and pretrain's step ids unchanged; changing the data package's own code changes data's id, and
+chat_data's (which uses those modules)."""
 from __future__ import annotations
 
 import os
@@ -41,7 +42,8 @@ from fullchain.data.config import STAGE as DATA
 from fullchain.data.chat.config import STAGE as CHAT
 import fullchain.data
 assert fullchain.data.__file__.startswith(sys.argv[1]), fullchain.data.__file__
-print(code_version(DATA.module, exclude=DATA.code_excludes), code_version(CHAT.module, exclude=CHAT.code_excludes))
+print(code_version(DATA.module, exclude=DATA.code_excludes),
+      code_version(CHAT.code_package or CHAT.module, exclude=CHAT.code_excludes))
 """
 
 
@@ -64,7 +66,10 @@ def test_chat_code_changes_leave_the_data_code_id(tmp_path):
     assert data_after == data and chat_after != chat
     with open(copy / "fullchain" / "data" / "clean.py", "a") as handle:
         handle.write("\n# a change to the corpus stage's code\n")
-    assert code_ids()[0] != data  # the check can fail: data's own code is hashed
+    data_changed, chat_changed = code_ids()
+    assert data_changed != data  # the check can fail: data's own code is hashed
+    # chat_data uses the data package's modules (decontamination, config): their code is its too
+    assert chat_changed != chat_after
 
 
 def test_a_tiny_plan_has_the_chat_data_node(tmp_path):

@@ -81,6 +81,9 @@ class Stage:
     """Artifact type -> path inside the artifact; or a function of the config giving that."""
     code_excludes: tuple[str, ...] = ()
     """Sub-packages of `module` that are other stage kinds: not part of this kind's code id."""
+    code_package: str | None = None
+    """The package whose source is this kind's code id (default: `module`); a sub-stage that
+    uses its parent package's modules names the parent, so a change there re-runs it too."""
 
     @property
     def config_class(self) -> str:

@@ -281,9 +281,10 @@ def build(spec: dict, store: Path, hasher: ContentHasher | None = None,
             for up in ups:
                 _check_role(node, role, node.decl.inputs[role], up)
             inputs[role] = ups if isinstance(value, list) else ups[0]
-        key = (node.decl.module, node.decl.code_excludes)
+        package = node.decl.code_package or node.decl.module
+        key = (package, node.decl.code_excludes)
         if str(key) not in codes:
-            codes[str(key)] = code_version(node.decl.module, exclude=node.decl.code_excludes)
+            codes[str(key)] = code_version(package, exclude=node.decl.code_excludes)
         code = codes[str(key)]
         input_ids = {role: [s.step_id for s in v] if isinstance(v, list) else v.step_id
                      for role, v in inputs.items()}

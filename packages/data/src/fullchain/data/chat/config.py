@@ -153,4 +153,7 @@ def _outputs(cfg: ChatDataConfig) -> dict[str, str]:
 STAGE = Stage(kind="data.chat", module="fullchain.data.chat", config=ChatDataConfig, group="chat_data",
               inputs={"tokenizer": Role("tokenizer", doc="the tokenizer and chat template of the "
                                                          "data step, for length statistics")},
-              outputs=_outputs)
+              outputs=_outputs,
+              # it uses the data package's decontamination, config and tokenizer modules: their
+              # code is part of its id (the corpus's id leaves chat/ out, not the other way round)
+              code_package="fullchain.data")
