@@ -35,6 +35,6 @@ class AgentConfig:
 # The agent talks to a served model and is scored on a task set.
 STAGE = Stage(kind="agent", module="fullchain.agent", config=AgentConfig,
               inputs={"endpoint": Role("deployment", serve=True, doc="the served model"),
-                      "tasks": Role("conversations", optional=True,
-                                    doc="tool-use tasks (held-out split) to score")},
+                      "tasks": Role("tool_tasks", optional=True,
+                                    doc="tool-use tasks with exact answers (chat_data's held-out split)")},
               outputs={})
