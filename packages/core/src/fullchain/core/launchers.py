@@ -125,18 +125,158 @@ def slurm_shell_command(launcher: LauncherConfig, stage: str, module: str, pytho
             + line)
 
 
+class SlurmStepCommand:
+    """What a step's SLURM job runs (pickled by submitit, called on every node of the job): the
+    step's shell line, with its stdout/stderr appended to the artifact's `logs/` (a shared file
+    system, like the artifact itself) and its exit status as the job's result.
+
+    The environment is the runner's (its venv, the step token, the spec's `env.vars`), except
+    what the job itself defines: SLURM's variables (node list, node id, job id), submitit's and
+    the GPUs SLURM gave the job. A plain `env=` would replace the job's environment with the
+    runner's, and `$SLURM_NODEID` / `$SLURM_JOB_NODELIST` of a multi-node torchrun would be empty
+    (or the driver's own, for a driver that runs in a job itself)."""
+
+    JOB_VARIABLES = ("SLURM", "SUBMITIT_", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                     "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "TMPDIR")
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None,
+                 stdout: str | None = None, stderr: str | None = None):
+        self.command, self.env, self.stdout, self.stderr = command, env, stdout, stderr
+
+    def job_environment(self, job_env: dict[str, str]) -> dict[str, str]:
+        merged = {k: v for k, v in (self.env or {}).items() if not k.startswith(self.JOB_VARIABLES)}
+        merged.update({k: v for k, v in job_env.items() if k.startswith(self.JOB_VARIABLES)})
+        return merged if self.env is not None else dict(job_env)
+
+    def __call__(self) -> int:
+        import os
+
+        env = self.job_environment(dict(os.environ))
+        with open(self.stdout or os.devnull, "a") as out, open(self.stderr or os.devnull, "a") as err:
+            return subprocess.run(self.command, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=out if self.stdout else None,
+                                  stderr=err if self.stderr else None).returncode
+
+
+class _OnceFilter:
+    """submitit polls `sacct`, and warns on every call where SLURM keeps no accounting
+    ("Bypassing sacct error"); the runner polls `squeue` itself, but any such warning is shown
+    once per process, not once per poll."""
+
+    seen = False
+
+    def filter(self, record) -> bool:
+        if "sacct" not in record.getMessage():
+            return True
+        if _OnceFilter.seen:
+            return False
+        _OnceFilter.seen = True
+        return True
+
+
 def submit_slurm(launcher: LauncherConfig, stage: str, module: str, python: Path,
-                 request: Path, folder: Path, job_name: str, env: dict):
-    """Submit one step as a SLURM job; returns the submitit Job."""
+                 request: Path, folder: Path, job_name: str, env: dict,
+                 logs: Path | None = None):
+    """Submit one step as a SLURM job; returns the submitit Job. With `logs`, the step's
+    stdout/stderr are appended to logs/stdout.log and logs/stderr.log (else they go to
+    submitit's own log files in `folder`). sbatch refusing the job is a ConfigError quoting it."""
     if shutil.which("sbatch") is None:
         raise ConfigError("launcher.name: slurm, but `sbatch` is not on PATH: run on a SLURM "
                           "login node, or use launcher=local / launcher=torchrun here.")
+    import logging
+
     import submitit
 
+    submitit_log = logging.getLogger("submitit")
+    if not any(isinstance(f, _OnceFilter) for f in submitit_log.filters):
+        submitit_log.addFilter(_OnceFilter())
     executor = submitit.SlurmExecutor(folder=str(folder), python=str(python))
-    executor.update_parameters(**slurm_parameters(launcher, stage, job_name))
+    parameters = slurm_parameters(launcher, stage, job_name)
+    executor.update_parameters(**parameters)
     shell = slurm_shell_command(launcher, stage, module, python, request)
-    return executor.submit(submitit.helpers.CommandFunction(["bash", "-c", shell], env=env))
+    function = SlurmStepCommand(["bash", "-c", shell], env=env,
+                                stdout=str(logs / "stdout.log") if logs else None,
+                                stderr=str(logs / "stderr.log") if logs else None)
+    try:
+        return executor.submit(function)
+    except submitit.core.utils.FailedJobError as exc:  # sbatch exited non-zero: its stderr
+        said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        asked = " ".join(f"{k}={v}" for k, v in parameters.items()
+                         if k not in ("job_name", "setup", "additional_parameters"))
+        raise ConfigError(
+            f"launcher.slurm: sbatch refused the job of step {job_name}: {said}\n"
+            f"  it asked for {asked}{slurm_offer()}; set launcher.slurm.* (cpus_per_task, "
+            f"gpus_per_node, partition, ...) to what the cluster has") from exc
+
+
+SLURM_FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                  "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT")
+"""Job states after which a job does not run again (squeue's %T)."""
+
+SLURM_NEVER_STARTS = {
+    "PartitionConfig": "the request exceeds what the partition's nodes have",
+    "PartitionNodeLimit": "more nodes than the partition allows",
+    "PartitionTimeLimit": "a longer time limit than the partition allows",
+    "BadConstraints": "constraints no node satisfies",
+    "DependencyNeverSatisfied": "a dependency that can never be satisfied",
+    "InvalidAccount": "an invalid account",
+    "InvalidQOS": "an invalid QOS",
+}
+"""Pending reasons that persist until an administrator changes the cluster's configuration:
+waiting on them is waiting forever. (`Resources`, `Priority`, `ReqNodeNotAvail`, the Assoc*/QOS
+group limits: other jobs or nodes coming back can end them; those are waited on.)"""
+
+
+@dataclass
+class SlurmJobState:
+    state: str
+    """squeue's %T: PENDING, RUNNING, COMPLETING, COMPLETED, FAILED, CANCELLED, ..."""
+    reason: str
+    """squeue's %r: why it pends (Resources, Priority, PartitionConfig, ...), else None."""
+    nodes: str
+
+    @property
+    def finished(self) -> bool:
+        return self.state in SLURM_FINISHED
+
+    @property
+    def never_starts(self) -> bool:
+        return self.state == "PENDING" and self.reason in SLURM_NEVER_STARTS
+
+    def __str__(self) -> str:
+        detail = self.reason if self.reason not in ("None", "") else self.nodes
+        return f"{self.state} ({detail})" if detail else self.state
+
+
+def slurm_job_state(job_id: str) -> SlurmJobState | None:
+    """The job's state as the controller knows it (`squeue`, no accounting storage needed).
+    None when the controller no longer knows the job (ended more than MinJobAge ago) or
+    cannot be asked right now (the caller asks again later)."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", str(job_id), "--states=all", "-o", "%T|%r|%N"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = done.stdout.strip().splitlines()[:1]
+    if done.returncode != 0 or not line:
+        return None
+    state, reason, nodes = (line[0].split("|") + ["", ""])[:3]
+    return SlurmJobState(state.strip(), reason.strip(), nodes.strip())
+
+
+def slurm_offer() -> str:
+    """What the cluster's partitions offer, for error messages (`sinfo`), or ''."""
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%G|%D"], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    rows = [r.split("|") for r in done.stdout.split("\n") if r.count("|") == 3]
+    if done.returncode != 0 or not rows:
+        return ""
+    return "; the cluster has " + ", ".join(
+        f"partition {p}: {n} node(s) of {c} CPUs, gres {'none' if g in ('(null)', '') else g}"
+        for p, c, g, n in rows)
 
 
 def cancel_slurm(job_ids: list[str], command: tuple[str, ...] = ("scancel",)) -> list[str]:

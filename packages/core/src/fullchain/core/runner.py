@@ -21,9 +21,13 @@ from fullchain.core.config import ConfigError, to_dataclass
 from fullchain.core.envs import check_interpreter, env_for_stage
 from fullchain.core.hashing import ContentHasher, digest
 from fullchain.core.launchers import (
+    SLURM_NEVER_STARTS,
     LauncherConfig,
     cancel_slurm,
     is_distributed,
+    slurm_job_state,
+    slurm_offer,
+    slurm_parameters,
     step_command,
     submit_slurm,
 )
@@ -392,8 +396,10 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
     log.info("%-9s %s  running (%s, env %s): %s", step.name, step.step_id,
              "torchrun" if is_distributed(launcher, step.names) else launcher.name, env_spec.name,
              out)
+    slurm_job_id = None
     if launcher.name == "slurm":
-        returncode = _run_slurm(step, launcher, python, control, env, token)
+        returncode, slurm_job_id = _run_slurm(step, launcher, python, control, env, token, logs,
+                                              progress, command)
     else:
         returncode = _run_local(step, command, env, logs, progress, launcher.poll_seconds, token)
     if returncode != 0:
@@ -419,7 +425,8 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
         "placement": step.placement,
         "environment": {"name": env_spec.name, **result.get("environment", {})},
         "launcher": {"name": launcher.name, "distributed": is_distributed(launcher, step.names),
-                     "command": command},
+                     "command": command,
+                     **({"slurm_job_id": slurm_job_id} if slurm_job_id else {})},
         "git": git,
         "host": socket.gethostname(),
         "started_at": started_at,
@@ -491,33 +498,90 @@ def _mark_ended(pid_file: Path) -> None:
         write_json_atomic(pid_file, {**record, "state": "ended", "ended_at": _now()})
 
 
-def _run_slurm(step, launcher, python, control: Path, env: dict, token: str) -> int:
+def _run_slurm(step, launcher, python, control: Path, env: dict, token: str, logs: Path,
+               progress: bool, command: list[str]) -> tuple[int, str]:
+    """Submit the step as a SLURM job and wait for it: (exit status of the stage, job id).
+
+    The job state comes from `squeue` (no accounting storage needed; submitit's own polling
+    asks `sacct`), first after 1 s, then at doubling intervals up to `poll_seconds`; the job's
+    result file is checked every 0.2 s, so a finished step is seen at once. A job that can never
+    start (SLURM_NEVER_STARTS) is cancelled and reported; an interrupted runner cancels its job."""
+    header = f"\n===== {_now()} SLURM job of: {' '.join(command)}\n"
+    for name in ("stdout.log", "stderr.log"):
+        with open(logs / name, "a") as handle:
+            handle.write(header)
     job = submit_slurm(launcher, step.names, step.stage.module, python, control / REQUEST,
-                       control / "slurm", f"fullchain-{step.name}-{step.step_id}", env)
+                       control / "slurm", f"fullchain-{step.name}-{step.step_id}", env, logs=logs)
+    job_id = str(job.job_id)
     pid_file = control / PIDS
     procs.write_pid_file(pid_file, token, os.getpid(), step_id=step.step_id, state="running",
-                         slurm_job_id=str(job.job_id))
-    log.info("%-9s %s  submitted SLURM job %s", step.name, step.step_id, job.job_id)
+                         slurm_job_id=job_id)
+    log.info("%-9s %s  submitted SLURM job %s (its log: %s)", step.name, step.step_id, job_id,
+             job.paths.stderr)
+    display = _Progress(step, logs / "stderr.log", progress)
+    state, shown = None, None
+    next_query, interval = time.time() + 1.0, 1.0
     try:
-        while not job.done():
-            time.sleep(launcher.poll_seconds)
-    except BaseException:
-        # The job would run on (and hold its nodes) after the runner that waits for it is gone.
-        try:
-            argv = cancel_slurm([str(job.job_id)])
-            log.warning("%-9s %s  interrupted: cancelled SLURM job %s (%s); the step is left "
-                        "incomplete", step.name, step.step_id, job.job_id, " ".join(argv))
-        except RuntimeError as exc:
-            log.error("%-9s %s  %s", step.name, step.step_id, exc)
+        while not job.paths.result_pickle.exists():
+            if time.time() >= next_query:
+                state = slurm_job_state(job_id) or state
+                next_query, interval = time.time() + interval, min(interval * 2,
+                                                                   max(launcher.poll_seconds, 1.0))
+                if state is not None and str(state) != shown:
+                    shown = str(state)  # PENDING (Resources), RUNNING (node), ...: once per change
+                    log.info("%-9s %s  SLURM job %s %s", step.name, step.step_id, job_id, state)
+                if state is not None and state.never_starts:
+                    _cancel_job(step, job_id, "it can never start")
+                    asked = " ".join(
+                        f"{k}={v}" for k, v in slurm_parameters(launcher, step.names, "").items()
+                        if k in ("nodes", "cpus_per_task", "gpus_per_node", "mem", "partition"))
+                    raise ConfigError(
+                        f"launcher.slurm: SLURM job {job_id} of step {step.name} ({step.step_id}) can "
+                        f"never start: {state} - {SLURM_NEVER_STARTS[state.reason]}. It asked for "
+                        f"{asked}{slurm_offer()}. The job was cancelled; set launcher.slurm.* "
+                        f"(cpus_per_task, gpus_per_node, partition, ...) to what the cluster has.")
+                if state is not None and state.finished:
+                    # ended without a result (cancelled, timed out, node failure): the result
+                    # file, when there is one, is written before the job ends
+                    time.sleep(1.0)
+                    break
+            display.update(f"SLURM job {job_id} {state}" if state is not None and
+                           state.state != "RUNNING" else None)
+            time.sleep(min(0.2, launcher.poll_seconds))
+    except BaseException as exc:
+        display.close()
+        if not isinstance(exc, ConfigError):
+            # The job would run on (and hold its nodes) after the runner that waits for it is gone.
+            _cancel_job(step, job_id, "interrupted")
         raise
     finally:
+        display.close()
         _mark_ended(pid_file)
+    where = (f"\n  SLURM job {job_id}{f' ended {state}' if state is not None else ''}; the job's "
+             f"own log: {job.paths.stderr}")
+    if not job.paths.result_pickle.exists():
+        raise StepFailed(
+            f"stage '{step.name}' (step {step.step_id}): SLURM job {job_id} ended "
+            f"{state if state is not None else '(state unknown)'} before the stage finished\n"
+            f"  The artifact {step.path} is left incomplete (no manifest) and will be redone next "
+            f"run; the stage's output is in {logs / 'stderr.log'}" + where)
     try:
-        job.result()
-    except Exception as exc:  # submitit raises the job's failure with its stderr
-        log.error("%s", exc)
-        return 1
-    return 0
+        returncode = job.result()  # the stage's exit status (SlurmStepCommand)
+    except Exception as exc:  # the job's python itself failed (submitit's trace)
+        raise StepFailed(f"stage '{step.name}' (step {step.step_id}): SLURM job {job_id} failed "
+                         f"outside the stage: {str(exc).strip().splitlines()[-1]}" + where) from exc
+    if returncode != 0:
+        raise StepFailed(_failure_message(step, returncode, logs) + where)
+    return returncode, job_id
+
+
+def _cancel_job(step, job_id: str, why: str) -> None:
+    try:
+        argv = cancel_slurm([job_id])
+        log.warning("%-9s %s  %s: cancelled SLURM job %s (%s); the step is left incomplete",
+                    step.name, step.step_id, why, job_id, " ".join(argv))
+    except RuntimeError as exc:
+        log.error("%-9s %s  %s", step.name, step.step_id, exc)
 
 
 class _Progress:
@@ -539,17 +603,18 @@ class _Progress:
                  if ln.strip() and not ln.startswith("===== ")]  # skip the runner's own header
         return lines[-1] if lines else "starting"
 
-    def update(self) -> None:
+    def update(self, status: str | None = None) -> None:
+        """`status` (a SLURM job's state and reason) stands in for the stage's latest line."""
         elapsed = time.time() - self.start
         if self.enabled:
             width = shutil.get_terminal_size((100, 20)).columns - 1
-            line = f"  {self.step.name} {elapsed:6.1f}s | {self._latest_line()}"
+            line = f"  {self.step.name} {elapsed:6.1f}s | {status or self._latest_line()}"
             sys.stderr.write("\r\033[K" + line[:width])
             sys.stderr.flush()
         elif time.time() - self.last_heartbeat >= 30:
             self.last_heartbeat = time.time()
             log.info("%-9s %s  still running (%.0fs): %s", self.step.name, self.step.step_id,
-                     elapsed, self._latest_line()[:120])
+                     elapsed, (status or self._latest_line())[:120])
 
     def close(self) -> None:
         if self.enabled:
