@@ -49,6 +49,20 @@ def test_tool_call_round_trip(server):
     assert second.choices[0].finish_reason == "stop"
 
 
+def test_a_tool_call_cut_off_by_max_tokens_is_text_not_a_500(server):
+    for stream in (False, True):
+        reply = client(server).chat.completions.create(
+            model=SERVED, messages=QUESTION, tools=[WEATHER_TOOL], max_tokens=8, stream=stream)
+        if stream:
+            chunks = list(reply)
+            assert chunks[-1].choices[0].finish_reason == "length"
+            assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+        else:
+            assert reply.choices[0].finish_reason == "length"
+            assert not reply.choices[0].message.tool_calls
+            assert reply.choices[0].message.content.startswith("<tool_call>")
+
+
 def test_api_key_is_required(server):
     with pytest.raises(openai.AuthenticationError) as wrong:
         client(server, key="not-the-key").models.list()

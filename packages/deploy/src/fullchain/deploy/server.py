@@ -33,7 +33,9 @@ def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: 
             return served_model_name if model_id == served_model_name else super().process_model_name(model_id)
 
         def _load_processor(self, model_id_and_revision, gguf_file=None):
-            return super()._load_processor(self._path(model_id_and_revision), gguf_file=gguf_file)
+            processor = super()._load_processor(self._path(model_id_and_revision), gguf_file=gguf_file)
+            _tolerate_cut_tool_calls(getattr(processor, "tokenizer", processor))
+            return processor
 
         def _load_model(self, model_id_and_revision, *args, **kwargs):
             return super()._load_model(self._path(model_id_and_revision), *args, **kwargs)
@@ -63,6 +65,21 @@ def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: 
         return len(ids)
 
     return Gateway(app, limits, count_prompt_tokens, api_key=api_key)
+
+
+def _tolerate_cut_tool_calls(tokenizer) -> None:
+    """A reply cut off by `max_tokens` inside `<tool_call>` makes transformers 5.24's parser raise
+    (the JSON is unterminated) and the server answer 500. Answer as OpenAI does instead: the text
+    as content, no tool call (finish_reason stays `length`)."""
+    parse = tokenizer.parse_response
+
+    def parse_response(ids, *args, **kwargs):
+        try:
+            return parse(ids, *args, **kwargs)
+        except ValueError:
+            return {"role": "assistant", "content": tokenizer.decode(ids, skip_special_tokens=True)}
+
+    tokenizer.parse_response = parse_response
 
 
 def context_length(model_dir: Path) -> int:

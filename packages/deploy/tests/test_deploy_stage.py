@@ -1,0 +1,141 @@
+"""The deploy step through the real CLI (`fullchain run`, `fullchain serve`), and the pieces it
+is made of: the servable copy of the model, the config's rules, the engines' commands."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from deploy_testing import descendants, gone
+from fullchain.core.contracts import read_deployment, read_hf_model
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def fullchain(*args, env, **kwargs):
+    return subprocess.run([sys.executable, "-m", "fullchain.core.cli", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def deployed(tool_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    env = dict(os.environ, FULLCHAIN_STORE=str(root / "artifacts"), FULLCHAIN_RUNS=str(root / "runs"),
+               FULLCHAIN_CACHE=str(root / "cache"))
+    result = fullchain("run", "stages=[deploy]", "env=current", "~graph.deploy.inputs.model",
+                       f"deploy.model_path={tool_model}", "deploy.served_model_name=tiny-tools",
+                       env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (manifest,) = (root / "artifacts" / "deploy").glob("*/manifest.json")
+    return manifest.parent, env, result
+
+
+def test_the_step_writes_a_deployment_and_smoke_tests_it(deployed, tool_model):
+    path, _, result = deployed
+    manifest = json.loads((path / "manifest.json").read_text())
+    metrics = manifest["metrics"]
+    assert manifest["contracts"] == {"deployment": {"version": 1, "path": "."}}
+    assert metrics["engine"] == "transformers" and metrics["served_model_name"] == "tiny-tools"
+    assert 0 < metrics["startup_s"] < 300 and 0 < metrics["smoke_chat_latency_s"] < 60
+    # the trained model answers the smoke test's weather question with its one tool call
+    assert metrics["smoke_tool_calls"] == 1 and metrics["smoke_tool_finish_reason"] == "tool_calls"
+    deployment = read_deployment(path)
+    assert deployment.source_model == str(tool_model) and deployment.quantization == "none"
+    assert {"{host}", "{port}", "{artifact}/model"} <= set(deployment.command)
+    assert deployment.command[0] == sys.executable  # the step environment's interpreter
+    read_hf_model(path / "model")  # the servable copy is itself a valid hf_model
+    assert not list((path / ".fullchain").glob("service-*.json")), "the smoke-test server's pid file is left"
+    assert "serving http://127.0.0.1:" not in result.stderr  # the runner started nothing: no dependent
+
+
+def test_fullchain_serve_runs_in_the_foreground_and_ctrl_c_stops_it(deployed):
+    path, env, _ = deployed
+    env = dict(env, FULLCHAIN_API_KEY="k-123")  # the deployment's default api_key_env
+    serve = subprocess.Popen([sys.executable, "-m", "fullchain.core.cli", "serve", str(path),
+                              "deploy.port=0"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        line = serve.stdout.readline()  # blocks until the readiness line (or exit)
+        assert line.startswith("fullchain serve: ready http://127.0.0.1:"), serve.stderr.read()
+        assert " model tiny-tools " in line and "API key required" in line
+        url = line.split()[3]
+        import openai
+
+        api = openai.OpenAI(base_url=url, api_key="k-123", max_retries=0, timeout=60)
+        assert [m.id for m in api.models.list().data] == ["tiny-tools"]
+        server_pids = descendants(serve.pid)
+        assert server_pids, "no server process under fullchain serve"
+        serve.send_signal(signal.SIGINT)  # what Ctrl-C delivers (the server has its own session)
+        assert serve.wait(timeout=60) == 0
+        assert "SIGINT: stopping the server" in serve.stderr.read()
+        assert all(gone(pid, within=5) for pid in server_pids), f"left behind: {server_pids}"
+        assert not list((path / ".fullchain").glob("service-*.json"))
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+
+def test_serve_refuses_config_changes_to_a_built_artifact(deployed):
+    path, env, _ = deployed
+    result = fullchain("serve", str(path), "deploy.max_tokens=4", env=env)
+    assert result.returncode == 2 and "rebuild it" in result.stderr
+
+
+def test_the_servable_copy_adds_the_tool_parser_and_end_of_turn_without_touching_the_source(
+        tool_model, tmp_path):
+    from fullchain.deploy.prepare import HERMES_RESPONSE_TEMPLATE, stage_model
+
+    before = {name: (tool_model / name).read_text() for name in
+              ("tokenizer_config.json", "generation_config.json")}
+    changes = stage_model(read_hf_model(tool_model), tmp_path / "model")
+    assert set(changes) == {"response_template", "eos_token_id"}
+    for name, text in before.items():  # hard links: the source must not change through them
+        assert (tool_model / name).read_text() == text
+    config = json.loads((tmp_path / "model" / "tokenizer_config.json").read_text())
+    assert config["response_template"] == HERMES_RESPONSE_TEMPLATE
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    eos = json.loads((tmp_path / "model" / "generation_config.json").read_text())["eos_token_id"]
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in eos
+    # the template parses what the chat template renders for an assistant tool call
+    text = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+            "<|im_end|>")
+    parsed = tokenizer.parse_response(tokenizer(text)["input_ids"], prefix="")
+    assert parsed["tool_calls"] == [{"type": "function", "function": {
+        "name": "get_weather", "arguments": {"city": "Paris"}}}]
+
+
+def test_config_rules():
+    from fullchain.core.placement import Placement
+    from fullchain.deploy.config import DeployConfig
+
+    cpu = Placement(world_size=1, accelerator="cpu", device_count=0, transformer_engine=False)
+    with pytest.raises(ValueError, match="engine: lmdeploy serves on NVIDIA GPUs only"):
+        DeployConfig(engine="lmdeploy").resolve(cpu)
+    with pytest.raises(ValueError, match="need engine=lmdeploy"):
+        DeployConfig(quantization="awq")
+    with pytest.raises(ValueError, match="default_max_tokens: 600 exceeds max_tokens"):
+        DeployConfig(default_max_tokens=600)
+    gpu = Placement(world_size=1, accelerator="cuda", device_count=1, transformer_engine=False)
+    cfg = DeployConfig(engine="lmdeploy", quantization="awq", kv_cache_int8=True)
+    cfg.resolve(gpu)
+    assert cfg.dtype == "bf16"
+
+
+def test_lmdeploy_command_carries_the_settings():
+    from fullchain.deploy.config import DeployConfig
+    from fullchain.deploy.engines import deployment_for
+
+    deployment = deployment_for(DeployConfig(engine="lmdeploy", tensor_parallel_size=2, dtype="bf16",
+                                             quantization="awq", kv_cache_int8=True,
+                                             served_model_name="m"), python="/env/bin/python")
+    command = " ".join(deployment.command)
+    assert command.startswith("/env/bin/python -m fullchain.deploy.lmdeploy_launch --api-key-env ")
+    for part in ("--tp 2", "--model-format awq", "--quant-policy 8", "--dtype bfloat16",
+                 "--model-name m", "--server-port {port}", "--tool-call-parser qwen"):
+        assert part in command
+    assert deployment.quantization == "awq-w4a16"
