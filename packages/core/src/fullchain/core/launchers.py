@@ -160,8 +160,9 @@ class SlurmStepCommand:
 
 class _OnceFilter:
     """submitit polls `sacct`, and warns on every call where SLURM keeps no accounting
-    ("Bypassing sacct error"); the runner polls `squeue` itself, but any such warning is shown
-    once per process, not once per poll."""
+    ("Bypassing sacct error"): a 30 s step printed it 10 times. The runner polls `squeue`
+    itself; Hydra's submitit launcher (sweeps) polls through submitit. Either way the warning is
+    shown once per process, not once per poll."""
 
     seen = False
 
@@ -174,6 +175,17 @@ class _OnceFilter:
         return True
 
 
+def _quiet_repeated_sacct_warnings() -> None:
+    import logging
+
+    submitit_log = logging.getLogger("submitit")  # submitit's dictConfig keeps added filters
+    if not any(isinstance(f, _OnceFilter) for f in submitit_log.filters):
+        submitit_log.addFilter(_OnceFilter())
+
+
+_quiet_repeated_sacct_warnings()  # at import: the CLI imports this before any sweep or step
+
+
 def submit_slurm(launcher: LauncherConfig, stage: str, module: str, python: Path,
                  request: Path, folder: Path, job_name: str, env: dict,
                  logs: Path | None = None):
@@ -183,13 +195,8 @@ def submit_slurm(launcher: LauncherConfig, stage: str, module: str, python: Path
     if shutil.which("sbatch") is None:
         raise ConfigError("launcher.name: slurm, but `sbatch` is not on PATH: run on a SLURM "
                           "login node, or use launcher=local / launcher=torchrun here.")
-    import logging
-
     import submitit
 
-    submitit_log = logging.getLogger("submitit")
-    if not any(isinstance(f, _OnceFilter) for f in submitit_log.filters):
-        submitit_log.addFilter(_OnceFilter())
     executor = submitit.SlurmExecutor(folder=str(folder), python=str(python))
     parameters = slurm_parameters(launcher, stage, job_name)
     executor.update_parameters(**parameters)
