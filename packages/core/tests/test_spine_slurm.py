@@ -224,3 +224,15 @@ def test_sweep_drivers_run_as_slurm_jobs_with_hydra_submitit(slurm, project):
     # its warning comes once (each through submitit's two handlers and Hydra's), not per poll
     calls = set(re.findall(r"Call #(\d+) - Bypassing sacct error", result.stdout + result.stderr))
     assert len(calls) <= 1, calls
+
+
+def test_a_sweep_whose_slurm_jobs_fail_exits_non_zero(slurm, project):
+    """The jobs run in other processes (SLURM array tasks): their failures reach the driver
+    through the shared store, not through memory."""
+    result = fullchain("run", "--conf", str(CONF), "-m", "square.lr=3.0,4.0", "square.fail=true",
+                       "hydra/launcher=submitit_slurm", "hydra.launcher.partition=local",
+                       "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=5",
+                       check=False, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "2 job(s) of the sweep failed" in result.stderr
+    assert not list((project / "runs").glob(".sweep-failures-*"))

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,12 +85,21 @@ def _multirun(args) -> int:
         jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except HydraException:
         jobs = []  # a sweep only Hydra's config loader can expand (glob over a group): Hydra checks
+    planned = None
     for overrides in jobs:
         try:
-            runner.plan(spec_mod.to_spec(spec_mod.compose(conf_dir, overrides)))
+            planned, _ = runner.plan(spec_mod.to_spec(spec_mod.compose(conf_dir, overrides)))
         except (ConfigError, ArtifactError) as exc:
             raise type(exc)(f"{exc}\n  (sweep job [{' '.join(overrides)}]; no job of the sweep was "
                             "started)") from exc
+    # Jobs may run elsewhere (hydra/launcher=submitit_slurm): each failed job leaves a file in a
+    # directory on the shared store, which the driver reads when Hydra returns.
+    import tempfile
+
+    runs = Path((planned or spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(
+        conf_dir, [])))).get("paths", {}).get("runs", "."))
+    runs.mkdir(parents=True, exist_ok=True)
+    failed_dir = Path(tempfile.mkdtemp(prefix=".sweep-failures-", dir=runs))
 
     @hydra.main(config_path=str(conf_dir), config_name=spec_mod.CONFIG_NAME, version_base="1.3")
     def job(cfg: DictConfig) -> None:
@@ -101,16 +112,19 @@ def _multirun(args) -> int:
         except (ConfigError, ArtifactError, runner.StepFailed) as exc:
             # one clean paragraph per failed job; the sweep goes on, the exit code tells
             code = 1 if isinstance(exc, runner.StepFailed) else 2
-            failures.append((overrides, code))
+            number = HydraConfig.get().job.num
+            (failed_dir / f"{number}.json").write_text(json.dumps({"overrides": overrides, "code": code}))
             print(f"fullchain: job [{overrides}] failed: {exc}", file=sys.stderr)
 
-    failures: list[tuple[str, int]] = []
     saved = sys.argv
     sys.argv = ["fullchain", *args.overrides, "--multirun"]
     try:
         job()
     finally:
         sys.argv = saved
+        failures = [(record["overrides"], record["code"]) for record in
+                    (json.loads(f.read_text()) for f in sorted(failed_dir.glob("*.json")))]
+        shutil.rmtree(failed_dir, ignore_errors=True)
     if failures:
         log.error("%d job(s) of the sweep failed: %s", len(failures), "; ".join(o for o, _ in failures))
         return max(code for _, code in failures)
