@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +50,23 @@ def test_the_step_writes_a_deployment_and_smoke_tests_it(deployed, tool_model):
     assert "serving http://127.0.0.1:" not in result.stderr  # the runner started nothing: no dependent
 
 
+def test_the_runner_serves_the_deployment_to_a_failing_dependent_and_still_stops_it(deployed, tool_model):
+    path, env, _ = deployed
+    env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                             env.get("PYTHONPATH")])))
+    result = fullchain("run", "stages=[deploy,client]", "env=current", "~graph.deploy.inputs.model",
+                       f"deploy.model_path={tool_model}", "deploy.served_model_name=tiny-tools",
+                       "+graph.client={module: deploy_toy_client, inputs: {endpoint: deploy}}",
+                       "+client.fail=true", env=env)
+    assert result.returncode == 1 and "deploy client failure requested" in result.stderr
+    assert "deploy    serving http://127.0.0.1:" in result.stderr and "server stopped" in result.stderr
+    (record,) = path.parent.parent.glob("deploy_client/*/server.json")
+    record = json.loads(record.read_text())
+    assert record["finish_reason"] in ("stop", "length")
+    assert gone(record["pid"], within=5), "the server outlived the failed run"
+    assert not list((path / ".fullchain").glob("service-*.json"))
+
+
 def test_fullchain_serve_runs_in_the_foreground_and_ctrl_c_stops_it(deployed):
     path, env, _ = deployed
     env = dict(env, FULLCHAIN_API_KEY="k-123")  # the deployment's default api_key_env
@@ -66,6 +82,16 @@ def test_fullchain_serve_runs_in_the_foreground_and_ctrl_c_stops_it(deployed):
 
         api = openai.OpenAI(base_url=url, api_key="k-123", max_retries=0, timeout=60)
         assert [m.id for m in api.models.list().data] == ["tiny-tools"]
+        # the load test against the running URL (API key from the same variable)
+        bench = fullchain("deploy", "bench", url, "--model", "tiny-tools", "--concurrency", "1,2",
+                          "--duration", "3", "--max-requests", "4", "--max-tokens", "8",
+                          "--out", str(path.parent / "bench"), env=env)
+        assert bench.returncode == 0, bench.stderr[-2000:]
+        rows = json.loads((path.parent / "bench" / "bench.json").read_text())["rows"]
+        assert [r["concurrency"] for r in rows] == [1, 2]
+        assert all(r["requests"] >= 1 and r["errors"] == 0 and r["output_tokens_per_s"] > 0 for r in rows)
+        assert (path.parent / "bench" / "latency_vs_concurrency.png").stat().st_size > 1000
+        assert "output_tokens_per_s" in bench.stdout  # the table on screen
         server_pids = descendants(serve.pid)
         assert server_pids, "no server process under fullchain serve"
         serve.send_signal(signal.SIGINT)  # what Ctrl-C delivers (the server has its own session)

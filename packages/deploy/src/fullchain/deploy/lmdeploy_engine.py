@@ -25,7 +25,7 @@ def awq_command(source: Path, work_dir: Path, python: str = sys.executable,
             "--w-bits", "4", "--w-group-size", "128", "--calib-samples", str(calib_samples)]
 
 
-def chat_template_config(model: HFModel) -> dict:
+def chat_template_config() -> dict:
     """LMDeploy's `--chat-template` JSON: ChatML roles, as our tokenizer's template renders them."""
     return {"model_name": "fullchain-chatml", "system": "<|im_start|>system\n",
             "meta_instruction": "", "eosys": "<|im_end|>\n", "user": "<|im_start|>user\n",
@@ -35,7 +35,7 @@ def chat_template_config(model: HFModel) -> dict:
 
 def prepare_lmdeploy(cfg: DeployConfig, model: HFModel, out: Path) -> dict:
     changes = stage_model(model, out / MODEL_DIR)
-    (out / "chat_template.json").write_text(json.dumps(chat_template_config(model), indent=2))
+    (out / "chat_template.json").write_text(json.dumps(chat_template_config(), indent=2))
     if cfg.quantization == "awq":
         full = out / MODEL_DIR
         quantized = out / "model-awq"

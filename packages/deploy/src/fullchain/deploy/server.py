@@ -15,6 +15,9 @@ from pathlib import Path
 
 from fullchain.deploy.gateway import Gateway, Limits
 
+PAGE_SIZE = 256
+"""Tokens per KV-cache page of continuous batching (transformers' default)."""
+
 
 def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: str | None,
               continuous_batching: bool, dtype: str):
@@ -46,7 +49,15 @@ def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: 
 
     manager = PinnedModel(device="cpu", dtype=dtype, continuous_batching=continuous_batching,
                           force_model=served_model_name)
-    state = GenerationState(continuous_batching=continuous_batching)
+    cb_config = None
+    if continuous_batching:
+        from transformers import ContinuousBatchingConfig
+
+        # Sized for the gateway's cap: every admitted request can hold a full context. Left to
+        # itself, transformers takes 60% of the machine's RAM for the KV cache on CPU.
+        pages = -(-limits.max_concurrent_requests * limits.context_length // PAGE_SIZE)
+        cb_config = ContinuousBatchingConfig(page_size=PAGE_SIZE, num_blocks=pages)
+    state = GenerationState(continuous_batching=continuous_batching, cb_config=cb_config)
     app = build_server(manager, ChatCompletionHandler(model_manager=manager, generation_state=state),
                        completion_handler=CompletionHandler(model_manager=manager,
                                                             generation_state=state),
