@@ -42,7 +42,7 @@ def test_two_tune_nodes_and_an_eval_over_three_models_plan(tmp_path):
     assert "dpo (tune) [input]" in result.stdout
     _, steps = plan(*SFT_DPO_EVAL, tmp_path=tmp_path)
     by = {s.name: s for s in steps}
-    assert [s.name for s in steps] == ["data", "pretrain", "tune", "dpo", "eval"]
+    assert [s.name for s in steps] == ["data", "pretrain", "chat_data", "tune", "dpo", "eval"]
     assert by["dpo"].kind == by["tune"].kind == "tune"
     assert by["dpo"].config.method == "dpo" and by["tune"].config.method == "sft"
     assert by["dpo"].step_id != by["tune"].step_id
