@@ -219,7 +219,7 @@ def _serve_target(args) -> tuple[Path, dict, dict]:
     from fullchain.core.artifact import read_manifest
 
     target, overrides = args.target, list(args.overrides)
-    if target is not None and "=" in target:
+    if target is not None and ("=" in target or target.startswith(("~", "+"))):  # an override
         target, overrides = None, [target, *overrides]
     options, rest = {}, []
     for override in overrides:

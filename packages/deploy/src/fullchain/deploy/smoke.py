@@ -33,7 +33,7 @@ def smoke_test(url: str, model: str, api_key: str | None = None, max_tokens: int
                 tools=[SMOKE_TOOL], max_tokens=budget)
             break
         except BadRequestError as exc:
-            if "context_length_exceeded" not in str(exc) or budget == max_tokens:
+            if exc.code != "context_length_exceeded" or budget == max_tokens:
                 raise
     tool_latency = time.perf_counter() - started
     calls = tool.choices[0].message.tool_calls or []
