@@ -31,7 +31,7 @@ def test_lora_sft_through_the_runner_on_two_ranks(tune_base_model, sft_set, tmp_
                FULLCHAIN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "fullchain.core.cli", "run", "stages=[tune]", "tune=lora", "env=current",
             "launcher=torchrun", "launcher.nproc_per_node=2",
-            "~graph.tune.inputs.model", f"tune.base_model={tune_base_model}", f"tune.dataset={sft_set}",
+            "~graph.tune.inputs.model", "~graph.tune.inputs.conversations", f"tune.base_model={tune_base_model}", f"tune.dataset={sft_set}",
             # `++`: the YAML states only deltas from the dataclass defaults
             "++tune.batch.seq_length=128", "++tune.batch.micro_batch_size=2", "++tune.batch.global_batch_size=8",
             "++tune.schedule.train_iters=4", "++tune.schedule.epochs=null", "++tune.schedule.warmup_iters=1",

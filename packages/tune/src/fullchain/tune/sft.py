@@ -49,10 +49,13 @@ def callbacks(cfg: TuneConfig, out: Path, metrics_callback: Any) -> list:
     """metrics.jsonl, and TensorBoard event files in out/tensorboard (rank 0)."""
     found = [metrics_callback]
     if cfg.logging.tensorboard and int(os.environ.get("RANK", "0")) == 0:
-        from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        found.append(TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))))
+        tensorboard = TensorBoardCallback()
+        # its directory (transformers 5 reads it from TENSORBOARD_LOGGING_DIR, else output_dir/runs);
+        # the writer is reopened there for the evaluation logged after training ends
+        tensorboard.logging_dir = str(out / "tensorboard")
+        found.append(tensorboard)
     return found
 
 
