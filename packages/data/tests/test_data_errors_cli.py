@@ -16,7 +16,7 @@ def _run(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess, Path
     env.update(FULLCHAIN_STORE=str(tmp_path / "store"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
                FULLCHAIN_CACHE=str(tmp_path / "cache"))
     command = [sys.executable, "-m", "fullchain.core.cli", "run", "experiment=tiny", "stages=[data]",
-               f"data.sources=[{{name:dirty,path:'{source}'}}]", "data.tasks=1", "data.executor.workers=1"]
+               f"data.sources=[{{name:dirty,path:'{source}'}}]", "++data.tasks=1", "++data.executor.workers=1"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     return result, tmp_path / "store" / "data"
 
