@@ -117,3 +117,17 @@ def test_env_sync_prints_one_line_per_environment_and_details_only_on_failure(pr
     failed = fullchain("env", "sync", "--conf", str(CONF), *args, check=False, timeout=600)
     assert failed.returncode == 2 and "building environment 'current' failed" in failed.stderr
     assert "its output ends:" in failed.stderr and "no-such-package" in failed.stderr.split("its output ends:")[1]
+
+
+def test_a_field_the_yaml_leaves_at_its_default_is_overridden_without_plus(project, tmp_path):
+    """Group YAMLs state only deltas from the dataclass, so Hydra alone would demand
+    `+square.sleep_s=...` for a real field; a typo still gets Hydra's refusal."""
+    conf = tmp_path / "conf-deltas"
+    shutil.copytree(CONF, conf)
+    (conf / "square" / "default.yaml").write_text("lr: 0.1\n")
+    plain = fullchain("run", "--conf", str(conf), "square.sleep_s=0.1", "square.fail=false")
+    assert "2 step(s) ran" in plain.stderr
+    sweep = fullchain("run", "--conf", str(conf), "-m", "square.sleep_s=0.1,0.2")
+    assert sweep.stderr.count("every step was reused") == 2  # sleep_s is not hashed
+    typo = fullchain("run", "--conf", str(conf), "square.sleep=0.1", check=False)
+    assert typo.returncode == 2 and "Could not override 'square.sleep'" in typo.stderr

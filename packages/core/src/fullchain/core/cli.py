@@ -77,6 +77,8 @@ def _multirun(args) -> int:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    # keys a group's YAML leaves at their dataclass default are set with `++` (see spec.py)
+    args.overrides = spec_mod.fields_at_default(conf_dir, list(args.overrides)) or list(args.overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(list(args.overrides))
     except HydraException as exc:

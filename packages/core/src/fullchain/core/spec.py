@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,9 @@ def compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
         hint = interpolation_hint(conf_dir, overrides)
         if hint:
             raise ConfigError(hint) from exc
+        rewritten = fields_at_default(conf_dir, overrides)
+        if rewritten is not None:
+            return compose(conf_dir, rewritten)
         raise ConfigError(f"cannot compose {conf_dir}/{CONFIG_NAME}.yaml with {overrides}: {exc}") from exc
     if any(o.lstrip().startswith("+") and "." in o.split("=", 1)[0] for o in overrides):
         # `++pretrain.model.hidden_size=128` composes: it replaces the whole interpolated preset
@@ -135,6 +139,59 @@ def interpolation_hint(conf_dir: Path, overrides: list[str]) -> str | None:
                 return f"{said} Override `{link}.{rest}={value}` instead: {prefix} follows it."
             return f"{said} Override the keys that interpolation reads instead."
     return None
+
+
+def fields_at_default(conf_dir: Path, overrides: list[str]) -> list[str] | None:
+    """Group YAMLs state only what differs from their dataclass's defaults, so Hydra does not
+    know a key left at its default (`pretrain.precision=bf16` would need `+`). An override of
+    such a key that IS a field of the node's config dataclass is rewritten as `++key=value`
+    (which sets it); None when no override is of that kind (Hydra's own message then stands)."""
+    import dataclasses
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return None
+
+    def is_group(key: str) -> bool:
+        return key.startswith("hydra") or (Path(conf_dir) / key.replace(".", "/")).is_dir()
+
+    groups = [o.input_line for o in parsed if is_group(o.key_or_group) and not o.key_or_group.startswith("hydra")]
+    try:
+        base = OmegaConf.to_container(compose(conf_dir, groups), resolve=False)
+        from fullchain.core.graph import nodes_of
+
+        classes = {node.config_key: node.decl.config for node in nodes_of(base).values()}
+    except (ConfigError, OmegaConfBaseException, TypeError, ValueError):
+        return None
+
+    def is_field(cls: Any, parts: list[str]) -> bool:
+        for i, part in enumerate(parts):
+            if not dataclasses.is_dataclass(cls):
+                return i > 0 and cls in (dict, Any)  # below a free mapping, any key
+            hints = typing.get_type_hints(cls)
+            names = {f.name for f in dataclasses.fields(cls)}
+            if part not in names:
+                return False
+            cls = hints[part]
+            cls = next((a for a in typing.get_args(cls) if dataclasses.is_dataclass(a)), cls)
+        return True
+
+    out, changed = [], False
+    for override in parsed:
+        parts = override.key_or_group.split(".")
+        if (override.type == OverrideType.CHANGE and not is_group(override.key_or_group)
+                and len(parts) > 1 and _get(base, parts) is None and parts[0] in classes
+                and is_field(classes[parts[0]], parts[1:])):
+            out.append("++" + override.input_line)
+            changed = True
+        else:
+            out.append(override.input_line)
+    return out if changed else None
 
 
 def _get(container: Any, parts: list[str]) -> Any:
