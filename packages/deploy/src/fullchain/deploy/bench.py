@@ -124,6 +124,9 @@ def write_report(rows: list[dict], directory: Path, title: str = "") -> dict[str
     throughput.plot(levels, [r["output_tokens_per_s"] for r in rows], marker="o")
     throughput.set(xlabel="concurrent clients", ylabel="output tokens/s", xscale="log",
                    title="throughput")
+    for axis in (latency, throughput):
+        axis.set_xticks(levels, [str(level) for level in levels])
+        axis.minorticks_off()
     if title:
         figure.suptitle(title)
     figure.tight_layout()
