@@ -14,12 +14,9 @@ gets no label: it would be predicted from the previous conversation's last token
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 """Label of a token that is not trained on (PyTorch cross-entropy's ignore_index)."""

@@ -165,7 +165,7 @@ def load_model(cfg: TuneConfig, model: HFModel, precision: str):
 # ---------------------------------------------------------------------------- metrics
 
 
-def _metrics_callback(out: Path, method: str):
+def _metrics_callback(out: Path):
     """A TrainerCallback writing metrics.jsonl on rank 0, with tokens/s per logging window."""
     from transformers import TrainerCallback
 
@@ -297,7 +297,7 @@ def run(cfg: TuneConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, An
         logger.info("resuming from %s", resume)
         if _rank() == 0:
             _truncate_metrics(out / "metrics.jsonl", int(resume.rsplit("-", 1)[-1]))
-    callback = _metrics_callback(out, cfg.method)
+    callback = _metrics_callback(out)
     if cfg.method == "dpo":
         from fullchain.tune.dpo import train_dpo
 
