@@ -120,3 +120,6 @@ def test_a_killed_step_resumes_from_its_last_checkpoint(tune_base_model, sft_set
     rows = [r for r in metrics_rows(out) if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 17))
     assert rows[:resumed_at] == before[:resumed_at]
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert [metrics["first_loss"], metrics["last_loss"]] == pytest.approx(
+        [rows[0]["loss"], rows[-1]["loss"]], abs=1e-6)  # the whole run's, not only the resumed part

@@ -310,7 +310,7 @@ def run(cfg: TuneConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, An
                                         precision, callback)
     from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # our callback logs each window (and Printer's dict lines are noise)
+    trainer.remove_callback(PrinterCallback)  # ours logs each window; Printer's dict lines are noise
     result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, Any] = {"method": cfg.method, "precision": precision,
                                "world_size": _world_size(), **data_stats,
@@ -319,7 +319,10 @@ def run(cfg: TuneConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, An
     rate = callback.rate(trainer.state)
     if rate is not None:
         metrics["tokens_per_second"] = round(rate, 2)
-    losses = [r["loss"] for r in callback.rows if "loss" in r]
+    rows = callback.rows  # this attempt's; with the rows kept from before a resume, on rank 0
+    if _rank() == 0 and (out / "metrics.jsonl").exists():
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    losses = [r["loss"] for r in rows if "loss" in r]
     if losses:
         metrics["first_loss"], metrics["last_loss"] = losses[0], losses[-1]
     if eval_records:
@@ -327,7 +330,7 @@ def run(cfg: TuneConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, An
         metrics.update({k: v for k, v in evaluated.items() if isinstance(v, (int, float))
                         and k.startswith("eval_") and not k.endswith(("runtime", "per_second"))})
     if cfg.method == "dpo":
-        last = [r for r in callback.rows if "rewards/margins" in r]
+        last = [r for r in rows if "rewards/margins" in r]
         if last:
             metrics["reward_margin"] = last[-1]["rewards/margins"]
             metrics["reward_accuracy"] = last[-1]["rewards/accuracies"]
