@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds for the LoRA ratio")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parts", default="1,2,3", help="which measurements (comma-separated)")
     parser.add_argument("--window", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
@@ -191,11 +192,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.window:
         return _window(args)
-    import statistics
-
     root = Path(tempfile.mkdtemp(prefix="tune_bench_"))
     print(f"load average at start: {os.getloadavg()}; preparing model and data in {root}", flush=True)
     prepare(root)
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        _compare_lora(root, args)
+    if "2" in parts:
+        _compare_packing(root, args)
+    if "3" in parts:
+        _compare_memory(root, args)
+    print(f"load average at end: {os.getloadavg()}")
+
+
+def _compare_lora(root: Path, args: argparse.Namespace) -> None:
+    import statistics
+
     print(f"1. LoRA SFT, small shape, seq {SEQ}, micro {MICRO}, global {GLOBAL}, {args.steps} steps "
           f"(first excluded), {args.threads} threads", flush=True)
     ours, base = [], []
@@ -208,17 +220,31 @@ def main() -> None:
         mine, theirs = (statistics.median(r[key] for r in side) for side in (ours, base))
         print(f"   ours {mine:.1f} vs HF Trainer + peft {theirs:.1f} {unit}: ratio {mine / theirs:.3f} "
               "(goal >= 1.0)", flush=True)
-    print("2. packed vs unpacked effective (non-pad) tokens/s", flush=True)
-    unpacked = _spawn(root, "ours", args.steps, args.threads)
-    packed = _spawn(root, "ours", args.steps, args.threads, packing=True)
-    print(f"   packed / unpacked: {packed['tokens_per_second'] / unpacked['tokens_per_second']:.2f} "
-          f"(per CPU-s {packed['tokens_per_cpu_second'] / unpacked['tokens_per_cpu_second']:.2f}; "
-          "expect > 1.5)", flush=True)
+
+
+def _compare_packing(root: Path, args: argparse.Namespace) -> None:
+    import statistics
+
+    print("2. packed vs unpacked effective (non-pad) tokens/s, LoRA", flush=True)
+    unpacked, packed = [], []
+    for _ in range(args.rounds):
+        unpacked.append(_spawn(root, "ours", args.steps, args.threads))
+        packed.append(_spawn(root, "ours", args.steps, args.threads, packing=True))
+        packed.append(_spawn(root, "ours", args.steps, args.threads, packing=True))
+        unpacked.append(_spawn(root, "ours", args.steps, args.threads))
+    for key, unit in (("tokens_per_second", "tokens/s"), ("tokens_per_cpu_second", "tokens per CPU-s")):
+        mine, theirs = (statistics.median(r[key] for r in side) for side in (packed, unpacked))
+        print(f"   packed {mine:.1f} vs unpacked {theirs:.1f} {unit}: ratio {mine / theirs:.2f} "
+              "(expect > 1.5)", flush=True)
+
+
+def _compare_memory(root: Path, args: argparse.Namespace) -> None:
     print("3. peak RSS, full fine-tuning vs LoRA", flush=True)
+    lora = _spawn(root, "ours", args.steps, args.threads)
     full = _spawn(root, "ours", args.steps, args.threads, method="sft")
-    print(f"   full {full['max_rss_mb']:.0f} MB vs LoRA {unpacked['max_rss_mb']:.0f} MB "
-          f"({full['max_rss_mb'] / unpacked['max_rss_mb']:.2f}x)", flush=True)
-    print(f"load average at end: {os.getloadavg()}")
+    print(f"   full {full['max_rss_mb']:.0f} MB vs LoRA {lora['max_rss_mb']:.0f} MB "
+          f"({full['max_rss_mb'] / lora['max_rss_mb']:.2f}x); full {full['tokens_per_second']:.1f} vs "
+          f"LoRA {lora['tokens_per_second']:.1f} tokens/s", flush=True)
 
 
 if __name__ == "__main__":
