@@ -441,25 +441,37 @@ def check_conversation(record: Any, fmt: str, where: str) -> dict[str, Any]:
     return record
 
 
-def write_conversations(out: Path, fmt: str, splits: dict[str, Iterable[dict[str, Any]]],
-                        extra: dict[str, Any] | None = None) -> Path:
-    """Write one JSONL per split (each record checked) and `conversations.json`."""
-    if fmt not in CONVERSATION_FORMATS:
-        raise ContractError(f"format: {fmt!r} is not one of {list(CONVERSATION_FORMATS)}")
-    out = Path(out)
+def _write_jsonl_splits(out: Path, splits: dict[str, Iterable[dict[str, Any]]],
+                        check: Callable[[dict[str, Any], str], Any]) -> dict[str, int]:
+    """`out/<split>.jsonl` for each split, every record checked (`check(record, "file:line")`)
+    before it is written; each file appears whole or not at all. Returns the counts."""
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, records in splits.items():
         file = out / f"{split}.jsonl"
         tmp = file.with_suffix(f".jsonl.{os.getpid()}.tmp")
         count = 0
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for record in records:
-                count += 1
-                check_conversation(record, fmt, f"{file}:{count}")
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                for record in records:
+                    count += 1
+                    check(record, f"{file}:{count}")
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, file)
         counts[split] = count
+    return counts
+
+
+def write_conversations(out: Path, fmt: str, splits: dict[str, Iterable[dict[str, Any]]],
+                        extra: dict[str, Any] | None = None) -> Path:
+    """Write one JSONL per split (each record checked) and `conversations.json`."""
+    if fmt not in CONVERSATION_FORMATS:
+        raise ContractError(f"format: {fmt!r} is not one of {list(CONVERSATION_FORMATS)}")
+    out = Path(out)
+    counts = _write_jsonl_splits(out, splits, lambda record, where: check_conversation(record, fmt, where))
     descriptor = {"version": TYPES["conversations"].version, "format": fmt,
                   "splits": {split: f"{split}.jsonl" for split in counts},
                   "num_records": counts, **(extra or {})}
@@ -527,19 +539,7 @@ def write_tool_tasks(out: Path, splits: dict[str, Iterable[dict[str, Any]]], too
     check_conversation({"messages": [{"role": "assistant", "content": "-"}], "tools": tools},
                        "messages", "tools")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for split, tasks in splits.items():
-        file = out / f"{split}.jsonl"
-        tmp = file.with_suffix(f".jsonl.{os.getpid()}.tmp")
-        count = 0
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for task in tasks:
-                count += 1
-                check_tool_task(task, f"{file}:{count}")
-                handle.write(json.dumps(task, ensure_ascii=False) + "\n")
-        os.replace(tmp, file)
-        counts[split] = count
+    counts = _write_jsonl_splits(out, splits, check_tool_task)
     descriptor = {"version": TYPES["tool_tasks"].version, "tools": tools, "system": system,
                   "splits": {split: f"{split}.jsonl" for split in counts}, "num_tasks": counts,
                   **(extra or {})}

@@ -92,6 +92,22 @@ def compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def _parse(overrides: list[str]) -> list | None:
+    """Hydra's parse of the overrides (None when they do not parse: Hydra's error stands)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return None
+
+
+def _is_group(conf_dir: Path, key: str) -> bool:
+    """An override of a config group (`model=small`), not of a value."""
+    return key.startswith("hydra") or (Path(conf_dir) / key.replace(".", "/")).is_dir()
+
+
 _REFERENCE = re.compile(r"^\$\{\s*([A-Za-z_][\w.]*)\s*\}$")
 
 
@@ -100,17 +116,14 @@ def interpolation_hint(conf_dir: Path, overrides: list[str]) -> str | None:
     `pretrain.model.hidden_size=66` where `pretrain.model: ${model}`: such a node has no keys of
     its own (plain and `+` overrides fail, `++` replaces the whole linked preset); the key to
     override is the one it links to (`model.hidden_size`). None when there is no such override."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
-    from hydra.errors import HydraException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException:
+    parsed = _parse(overrides)
+    if parsed is None:
         return None
 
     def is_group(key: str) -> bool:
-        return key.startswith("hydra") or (Path(conf_dir) / key.replace(".", "/")).is_dir()
+        return _is_group(conf_dir, key)
 
     values = [o for o in parsed if not is_group(o.key_or_group) and o.type != OverrideType.DEL]
     if not values:
@@ -148,17 +161,14 @@ def fields_at_default(conf_dir: Path, overrides: list[str]) -> list[str] | None:
     (which sets it); None when no override is of that kind (Hydra's own message then stands)."""
     import dataclasses
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
-    from hydra.errors import HydraException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException:
+    parsed = _parse(overrides)
+    if parsed is None:
         return None
 
     def is_group(key: str) -> bool:
-        return key.startswith("hydra") or (Path(conf_dir) / key.replace(".", "/")).is_dir()
+        return _is_group(conf_dir, key)
 
     groups = [o.input_line for o in parsed if is_group(o.key_or_group) and not o.key_or_group.startswith("hydra")]
     try:
