@@ -115,8 +115,13 @@ def window_baseline(root: Path, steps: int) -> None:
     """What a user writes with HF Trainer + peft: the chat template's assistant mask as labels,
     DataCollatorForSeq2Seq padding, the same arguments as the stage's translation gives."""
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(str(root / "model"))
     rows = []

@@ -26,10 +26,9 @@ def write_array(path: Path, records: list[dict]) -> Path:
 
 @pytest.fixture(scope="session")
 def chat_tokenizer(tmp_path_factory) -> Path:
+    from data_testing import ENGLISH, prose
     from fullchain.data.tokenize_config import TokenizerConfig
     from fullchain.data.tokenizer import save_hf, train_bpe
-
-    from data_testing import ENGLISH, prose
 
     cfg = TokenizerConfig(vocab_size=512)
     texts = ENGLISH + [prose(seed) for seed in range(20)] + ["What is 17 * 23? The answer is 391."] * 20

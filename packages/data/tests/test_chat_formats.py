@@ -7,7 +7,12 @@ from collections import Counter
 
 import pytest
 from chat_data_testing import chat_tokenizer, tool_conversation, write_array, write_lines  # noqa: F401 (fixture)
-from fullchain.core.contracts import ContractError, check_conversation, read_conversations, write_conversations
+from fullchain.core.contracts import (
+    ContractError,
+    check_conversation,
+    read_conversations,
+    write_conversations,
+)
 from fullchain.data.chat.config import ChatSourceConfig
 from fullchain.data.chat.formats import ChatRecordError
 from fullchain.data.chat.stage import read_source

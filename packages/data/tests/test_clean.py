@@ -6,7 +6,6 @@ from dataclasses import asdict
 import pytest
 from data_testing import CHINESE, ENGLISH
 from datatrove.data import Document
-
 from fullchain.data.clean import LanguageFilter, Normalize, PiiScrubber, QualityFilter, Tally
 from fullchain.data.config import QualityConfig
 

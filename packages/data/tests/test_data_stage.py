@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from data_testing import CHINESE, prose, write_jsonl
-
 from fullchain.data import DataConfig, SourceConfig, run
 from fullchain.data.config import QualityConfig
 from fullchain.data.stage import EmptyCorpusError

@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 
 from data_testing import CHINESE, prose, write_jsonl
-
-from fullchain.data.config import (BenchmarkConfig, DataConfig, DecontaminationConfig, QualityConfig,
-                                   SourceConfig)
+from fullchain.data.config import (
+    BenchmarkConfig,
+    DataConfig,
+    DecontaminationConfig,
+    QualityConfig,
+    SourceConfig,
+)
 from fullchain.data.decontam import build_index, summarize
-from fullchain.data.pipeline import (build_executors, build_pipelines, merged_stats, run_executors,
-                                     work_dirs)
+from fullchain.data.pipeline import build_executors, build_pipelines, merged_stats, run_executors, work_dirs
 from fullchain.data.sources import plan_sources
 
 

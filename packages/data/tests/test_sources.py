@@ -6,7 +6,6 @@ import gzip
 
 import pytest
 from data_testing import ENGLISH, write_jsonl
-
 from fullchain.data.config import SourceConfig
 from fullchain.data.sources import SourceError, SourceReader, plan_sources, read_all, stdlib_files
 

@@ -30,7 +30,7 @@ SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 def build_tool_model(out: Path, steps: int = 300) -> Path:
     import torch
     from fullchain.data.tokenize_config import CHATML_TOOLS_TEMPLATE
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import json
 import httpx
 import openai
 import pytest
-from deploy_testing import API_KEY, CALL, FINAL, QUESTION, SERVED, TOOL_ANSWER, WEATHER_TOOL
+from deploy_testing import API_KEY, FINAL, QUESTION, SERVED, TOOL_ANSWER, WEATHER_TOOL
 
 
 def client(server, key=API_KEY, **kwargs) -> openai.OpenAI:

@@ -65,9 +65,9 @@ def test_sigkill_then_resume_reproduces_final_loss(data_artifact, tmp_path):
 
 
 def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
-    from pretrain_testing import run_in_process
     from fullchain.pretrain import checkpoint, distributed
     from fullchain.pretrain.model import build_gpt_model
+    from pretrain_testing import run_in_process
 
     cfg = tiny_config(schedule={"train_iters": 2}, checkpoint={"save_interval": 1})
     out = tmp_path / "out"

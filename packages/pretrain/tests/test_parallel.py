@@ -6,7 +6,14 @@ import json
 import shutil
 
 import pytest
-from pretrain_testing import PARALLEL_HALF, PARALLEL_ITERS, PARALLEL_LAYOUTS, losses, run_in_process, tiny_config
+from pretrain_testing import (
+    PARALLEL_HALF,
+    PARALLEL_ITERS,
+    PARALLEL_LAYOUTS,
+    losses,
+    run_in_process,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="module")

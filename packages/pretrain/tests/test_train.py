@@ -69,9 +69,8 @@ def test_config_errors_name_the_field(overrides, message):
 
 
 def test_missing_dataset_json_is_named(tmp_path):
-    from fullchain.pretrain.data import read_dataset_spec
-
     from fullchain.core.contracts import ContractError
+    from fullchain.pretrain.data import read_dataset_spec
 
     with pytest.raises(ContractError, match="dataset.json: missing"):
         read_dataset_spec(tmp_path)

@@ -23,11 +23,10 @@ def test_lora_sft_through_the_runner_on_two_ranks(tune_base_model, sft_set, tmp_
     batches of 2 per rank vs 4 micro-batches in one process), the merged model is what base +
     adapter compute, and a second run reuses the artifact."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from fullchain.core.config import to_dataclass
     from fullchain.tune.config import TuneConfig
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "store"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
                FULLCHAIN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")

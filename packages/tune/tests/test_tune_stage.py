@@ -34,9 +34,8 @@ def test_full_sft_lowers_the_loss_and_resumes_from_its_checkpoint(tune_base_mode
 
 def test_dpo_raises_the_chosen_over_rejected_margin(tune_base_model, dpo_set, tmp_path):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from fullchain.core.contracts import read_conversations
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = tune_config(method="dpo", base_model=str(tune_base_model), dataset=str(dpo_set),
                       batch={"seq_length": 256}, schedule={"train_iters": 6},

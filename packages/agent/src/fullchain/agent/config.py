@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
 from fullchain.core.contracts import Role, Stage
 
 

@@ -1,5 +1,6 @@
-from fullchain.core.contracts import Role, Stage
 from dataclasses import dataclass, field
+
+from fullchain.core.contracts import Stage
 
 
 @dataclass

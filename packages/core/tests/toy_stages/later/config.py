@@ -1,5 +1,6 @@
-from fullchain.core.contracts import Role, Stage
 from dataclasses import dataclass
+
+from fullchain.core.contracts import Role, Stage
 
 
 @dataclass

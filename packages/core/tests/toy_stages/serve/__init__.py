@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from fullchain.core.contracts import Deployment, write_deployment
+
 from toy_stages.serve.config import ServeConfig
 
 __all__ = ["run", "ServeConfig"]

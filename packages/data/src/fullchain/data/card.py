@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+
 def stats_name(step_type: str, step_name: str) -> str:
     """The name datatrove files a step's stats under: `repr(step)`, i.e. "<type>: <name>"."""
     return f"{step_type}: {step_name}"

@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-
 from fullchain.data.language import CJK_CLASS, LETTER, is_chinese, langid_identifier
+
 
 class TallyingStep(PipelineStep):
     """A step that drops documents and records, per source, documents/characters in and out and

@@ -24,7 +24,6 @@ from typing import Iterator, Optional
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-
 from fullchain.data.config import BenchmarkConfig
 from fullchain.data.dedup import shingle_tokens
 from fullchain.data.sources import SourceError, open_text_bytes

@@ -25,7 +25,6 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
-
 from fullchain.data.clean import CJK_CLASS, TallyingStep
 from fullchain.data.fastfilters import simplify_text
 

@@ -49,10 +49,15 @@ def build_pipelines(cfg: DataConfig, units: list[dict], work: Path, with_deconta
     from datatrove.pipeline.dedup.exact_dedup import ExactFindDedups
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
     from datatrove.pipeline.writers import JsonlWriter
-
     from fullchain.data.clean import LanguageFilter, Normalize, PiiScrubber, QualityFilter, Tally
     from fullchain.data.decontam import Decontaminate
-    from fullchain.data.dedup import DedupFilter, ExactSignatureStep, MinhashSignatureStep, RankReader, exact_config
+    from fullchain.data.dedup import (
+        DedupFilter,
+        ExactSignatureStep,
+        MinhashSignatureStep,
+        RankReader,
+        exact_config,
+    )
     from fullchain.data.sources import SourceReader
 
     dirs = work_dirs(work)

@@ -24,7 +24,6 @@ from typing import Iterator
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-
 from fullchain.data.config import SourceConfig, infer_format
 from fullchain.data.stdlib_corpus import stdlib_files, stdlib_root
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fullchain.core.contracts import Role, Stage
+from fullchain.core.placement import Placement
 from fullchain.core.schema import (
     BatchConfig,
     CheckpointConfig,
@@ -19,8 +21,6 @@ from fullchain.core.schema import (
     ValidationConfig,
 )
 from fullchain.pretrain.model_config import ModelConfig
-from fullchain.core.contracts import Role, Stage
-from fullchain.core.placement import Placement
 
 _NOT_HASHED = {"hash": False}
 

@@ -23,10 +23,9 @@ def _pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def train_dpo(cfg: TuneConfig, net: Any, tokenizer: Any, model_ref: HFModel, train_records: list,
               eval_records: list, out: Path, precision: str, callback: Any):
     from datasets import Dataset
+    from fullchain.tune.sft import callbacks, training_arguments
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
-
-    from fullchain.tune.sft import callbacks, training_arguments
 
     args = training_arguments(cfg, out, precision, int(os.environ.get("WORLD_SIZE", "1")),
                               config_class=DPOConfig)

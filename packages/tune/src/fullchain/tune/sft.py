@@ -23,9 +23,8 @@ def training_arguments(cfg: TuneConfig, out: Path, precision: str, world_size: i
                        config_class: Any = None):
     """trl's SFTConfig (or DPOConfig) for this run: to_trl_config's translation plus what the
     stage itself decides (output places, token counting, CPU)."""
-    from trl import SFTConfig
-
     from fullchain.tune.translate import to_trl_config
+    from trl import SFTConfig
 
     kwargs = to_trl_config(cfg, str(out / "checkpoints"), precision, data_parallel_size=world_size)
     kwargs.update(

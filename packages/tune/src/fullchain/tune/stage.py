@@ -135,9 +135,8 @@ def load_model(cfg: TuneConfig, model: HFModel, precision: str):
         if not torch.cuda.is_available():
             raise ValueError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit); this process "
                              "has none. Use tune=lora on CPU")
-        from transformers import BitsAndBytesConfig
-
         from fullchain.tune.translate import to_bnb_config
+        from transformers import BitsAndBytesConfig
 
         bnb = to_bnb_config(cfg, precision)
         bnb["bnb_4bit_compute_dtype"] = getattr(torch, bnb["bnb_4bit_compute_dtype"])
@@ -149,9 +148,8 @@ def load_model(cfg: TuneConfig, model: HFModel, precision: str):
     net.config.use_cache = False
     if cfg.uses_adapter:
         check_target_modules(net, cfg.lora.target_modules)
-        from peft import LoraConfig, get_peft_model
-
         from fullchain.tune.translate import to_peft_lora_config
+        from peft import LoraConfig, get_peft_model
 
         if cfg.method == "qlora":
             from peft import prepare_model_for_kbit_training

@@ -316,7 +316,7 @@ def run(cfg: ChatDataConfig, inputs: dict, out: Path) -> dict[str, Any]:
                         extra={"seq_length": cfg.seq_length, "sources": names})
     task_counts = None
     if cfg.tool_use is not None:
-        from fullchain.data.chat.tool_use import TOOLS, SYSTEM_PROMPT, task_file_extra
+        from fullchain.data.chat.tool_use import SYSTEM_PROMPT, TOOLS, task_file_extra
 
         kept_ids = {r["id"] for records in splits.values() for r in records}
         task_splits = {split: [t for t in tasks[split] if t["id"] in kept_ids] for split in ("train", "heldout")}
