@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 SFT_DPO_EVAL = [
     "experiment=tiny",
     "+tune@dpo=dpo",                                           # a second tune config under `dpo`
-    "+graph.dpo={stage: tune, inputs: {model: tune}}",         # DPO on top of the SFT node
+    "+chat_data@chat_dpo=dpo",                                 # preference pairs, a second data.chat
+    "+graph.chat_dpo={stage: data.chat, inputs: {tokenizer: data}}",
+    "+graph.dpo={stage: tune, inputs: {model: tune, conversations: chat_dpo}}",  # DPO on the SFT node
     "graph.eval.inputs.models=[pretrain,tune,dpo]",
     "stages=[eval]",
 ]
@@ -42,15 +44,17 @@ def test_two_tune_nodes_and_an_eval_over_three_models_plan(tmp_path):
     assert "dpo (tune) [input]" in result.stdout
     _, steps = plan(*SFT_DPO_EVAL, tmp_path=tmp_path)
     by = {s.name: s for s in steps}
-    assert [s.name for s in steps] == ["data", "pretrain", "chat_data", "tune", "dpo", "eval"]
+    assert [s.name for s in steps] == ["data", "pretrain", "chat_data", "tune", "chat_dpo", "dpo", "eval"]
     assert by["dpo"].kind == by["tune"].kind == "tune"
     assert by["dpo"].config.method == "dpo" and by["tune"].config.method == "sft"
+    assert by["dpo"].inputs["conversations"] is by["chat_dpo"] and by["chat_dpo"].config.format == "preference"
+    assert by["chat_dpo"].kind == by["chat_data"].kind == "data.chat"
     assert by["dpo"].step_id != by["tune"].step_id
     assert by["dpo"].path.parent == by["tune"].path.parent == tmp_path / "store" / "tune"
     assert [s.name for s in by["eval"].inputs["models"]] == ["pretrain", "tune", "dpo"]
     assert f"models:dpo@{by['dpo'].step_id[:8]}" in rows["eval"]
     # the order of a many-role is part of the id: the table's columns follow it
-    _, swapped = plan(*SFT_DPO_EVAL[:3], "graph.eval.inputs.models=[pretrain,dpo,tune]",
+    _, swapped = plan(*SFT_DPO_EVAL[:5], "graph.eval.inputs.models=[pretrain,dpo,tune]",
                       "stages=[eval]", tmp_path=tmp_path)
     assert swapped[-1].step_id != by["eval"].step_id
     refused = cli("run", *SFT_DPO_EVAL, "stages=[data,pretrain,tune,dpo,eval]", tmp_path=tmp_path)
