@@ -109,11 +109,3 @@ def slurm(slurm_cluster, monkeypatch):
         pytest.fail(f"the test left SLURM job(s) {' '.join(left)} queued (now cancelled)")
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.time() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(every)

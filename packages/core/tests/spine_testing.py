@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,26 @@ def spec_for(*overrides: str) -> dict:
     from fullchain.core import spec
 
     return spec.to_spec(spec.compose(CONF, list(overrides)))
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.05):
+    """`predicate()`'s first truthy value, polled every `every` s; fails after `timeout` s."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.time() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(every)
+
+
+def gone(pid: int, within: float = 10.0) -> bool:
+    """Whether process `pid` has exited (or is a zombie) within `within` seconds."""
+    from fullchain.core import procs
+
+    deadline = time.time() + within
+    while procs.alive(pid):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

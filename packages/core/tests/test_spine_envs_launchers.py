@@ -45,8 +45,12 @@ def test_env_sync_builds_an_env_and_a_step_runs_in_it(project):
     overrides = [f"env.envs.current.python={venv}/bin/python",
                  f"+env.envs.current.packages=[{REPO / 'packages' / 'core'}]"]
     args = [a for o in overrides for a in ("--override", o)]
-    fullchain("env", "sync", "--conf", str(CONF), *args, timeout=600)
+    synced = fullchain("env", "sync", "--conf", str(CONF), *args, timeout=600)
     assert (venv / "bin" / "python").is_file()
+    # one line per environment; the installer's own output only on failure or with -v
+    (line,) = synced.stderr.strip().splitlines()
+    assert line.startswith(f"[fullchain] current: {REPO / 'packages' / 'core'} -> {venv}/bin/python (uv, ")
+    assert "Installed" not in synced.stderr and "hydra-core" not in synced.stderr
     listing = fullchain("env", "list", "--conf", str(CONF), *args).stdout
     assert f"current: {venv}/bin/python" in listing and "fullchain-core: 0.1.0" in listing
     fullchain("run", "--conf", str(CONF), *overrides)

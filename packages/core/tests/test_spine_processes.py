@@ -13,19 +13,9 @@ from pathlib import Path
 import pytest
 from fullchain.core import procs
 from fullchain.core.launchers import cancel_slurm
-from spine_testing import CONF, fullchain
+from spine_testing import CONF, fullchain, wait_for
 
 RUNNER = [sys.executable, "-m", "fullchain.core.cli", "run", "--conf", str(CONF)]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.time() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 def start_runner(project: Path, *overrides: str) -> subprocess.Popen:

@@ -3,7 +3,6 @@ outlives the run — after success, after a failing dependent, on SIGTERM/SIGINT
 runner is SIGKILLed (then the kernel's parent-death signal, or the next run, stops it).
 The server is a real stdlib HTTP server on 127.0.0.1 (toy_stages/serve/server.py)."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,16 +11,7 @@ from pathlib import Path
 
 import pytest
 from fullchain.core import procs
-from spine_testing import CONF, fullchain
-
-
-def gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.time() + within
-    while time.time() < deadline:
-        if not procs.alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
+from spine_testing import CONF, fullchain, gone
 
 
 def client_record(store: Path) -> dict:

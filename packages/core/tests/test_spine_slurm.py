@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from fullchain.core import procs
-from slurm_cluster_testing import REPO, slurm, slurm_cluster, wait_for  # noqa: F401 (fixtures)
-from spine_testing import CONF, fullchain
+from slurm_cluster_testing import REPO, slurm, slurm_cluster  # noqa: F401 (fixtures)
+from spine_testing import CONF, fullchain, wait_for
 
 pytestmark = pytest.mark.slurm
 
