@@ -31,10 +31,13 @@ def test_packed_corpus_from_the_data_stage_reads_in_pretrain(tiny_run):
         assert abs(sum(split.weights) - 1.0) < 1e-9
         for prefix, tokens in zip(split.prefixes, split.num_tokens):
             assert (data.path / f"{prefix}.bin").stat().st_size == 2 * tokens
-    # the consumer's view is core's reader (pretrain imports it, it does not parse on its own)
-    from fullchain.pretrain.data import read_dataset_spec
+    # the consumer's view is core's reader: pretrain's stage calls it, it does not parse on its own
+    import inspect
 
-    assert read_dataset_spec(data) == corpus
+    from fullchain.pretrain import stage as pretrain_stage
+
+    assert "read_packed_corpus(inputs[\"corpus\"])" in inspect.getsource(pretrain_stage.run)
+    assert contracts.read_packed_corpus(data.path) == corpus  # a bare directory reads the same
 
 
 def test_tokenizer_and_hf_model_from_the_export_load_in_transformers(tiny_run):

@@ -106,7 +106,8 @@ def _batch_loss(model, dataset, samples: range, micro_batch_size: int) -> float:
 
 
 def test_init_from_hf_continues_from_the_export(first_run, data_artifact, tmp_path):
-    from fullchain.pretrain.data import build_datasets, read_dataset_spec
+    from fullchain.core.contracts import read_packed_corpus
+    from fullchain.pretrain.data import build_datasets
     from transformers import LlamaForCausalLM
 
     cfg, out, metrics = first_run
@@ -118,7 +119,7 @@ def test_init_from_hf_continues_from_the_export(first_run, data_artifact, tmp_pa
     assert abs(first_step - metrics["final_loss"]) < 0.3, (first_step, metrics["final_loss"])
     assert first_step < losses(out)[0] - 1.0
     # ...exactly: step 1's loss is the exported model's loss on step 1's samples.
-    spec = read_dataset_spec(data_artifact)
+    spec = read_packed_corpus(data_artifact)
     batch = continued.batch
     datasets = build_datasets(spec, batch.seq_length, continued.seed,
                               {"train": continued.schedule.train_iters * batch.global_batch_size,

@@ -69,12 +69,11 @@ def test_config_errors_name_the_field(overrides, message):
 
 
 def test_missing_dataset_json_is_named(tmp_path):
-    from fullchain.core.contracts import ContractError
-    from fullchain.pretrain.data import read_dataset_spec
+    from fullchain.core.contracts import ContractError, read_packed_corpus
 
     with pytest.raises(ContractError, match="dataset.json: missing"):
-        read_dataset_spec(tmp_path)
+        read_packed_corpus(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"format": "megatron-indexed", "dtype": "uint16",
                                                        "splits": {"train": {"prefixes": ["nope"]}}}))
     with pytest.raises(ContractError, match=r"splits.train.prefixes: .*nope.bin does not exist"):
-        read_dataset_spec(tmp_path)
+        read_packed_corpus(tmp_path)

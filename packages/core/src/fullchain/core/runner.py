@@ -173,11 +173,18 @@ def _last_service_use(steps: list[graph_mod.Step]) -> dict[str, int]:
     return last
 
 
+def _process_env(spec: dict) -> dict[str, str]:
+    """The environment of every process the runner starts (steps and servers): its own, plus
+    the spec's `env.vars`."""
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in (spec["env"].get("vars") or {}).items()})
+    return env
+
+
 def _serve_for(step: graph_mod.Step, serving: dict[str, services.Running], spec: dict,
                run_dir: Path) -> dict[str, str | list[str]]:
     """Start (once per run) the servers of the step's serve roles; their URLs by role."""
-    env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in (spec["env"].get("vars") or {}).items()})
+    env = _process_env(spec)
     urls: dict[str, str | list[str]] = {}
     for role, value in step.inputs.items():
         if not step.stage.inputs[role].serve:
@@ -386,8 +393,7 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
     python = check_interpreter(env_spec, step.name)
     write_json_atomic(control / REQUEST, request)
     command = step_command(launcher, step.names, step.stage.module, python, control / REQUEST)
-    env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in (spec["env"].get("vars") or {}).items()})
+    env = _process_env(spec)
     env["PYTHONUNBUFFERED"] = "1"
     env[procs.TOKEN_VAR] = token  # inherited by every process of the step, however started
     logs = out / "logs"

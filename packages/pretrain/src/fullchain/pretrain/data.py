@@ -15,29 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fullchain.core.artifact import Artifact
-from fullchain.core.contracts import PackedCorpus, PackedSplit, read_packed_corpus
+from fullchain.core.contracts import PackedCorpus, PackedSplit
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 
 
-# The packed corpus is core's `packed_corpus` contract: the data stage writes it, core reads and
-# checks it; these are its names here.
-SplitSpec = PackedSplit
-DatasetSpec = PackedCorpus
-
-
-def read_dataset_spec(source: Artifact | str | Path) -> DatasetSpec:
-    """The data artifact's packed corpus, checked; errors name the file and the key."""
-    return read_packed_corpus(source)
-
-
 class _SpecialTokens:
     """The few tokenizer facts GPTDataset reads (it never tokenizes: the data is packed)."""
 
-    def __init__(self, spec: DatasetSpec) -> None:
+    def __init__(self, spec: PackedCorpus) -> None:
         self.vocab_size = spec.vocab_size
         self.eod = spec.eod_id
         self.pad = spec.pad_id
@@ -45,7 +33,7 @@ class _SpecialTokens:
                                    "eod": spec.eod_id, "pad": spec.pad_id}
 
 
-def split_num_tokens(split: SplitSpec) -> int:
+def split_num_tokens(split: PackedSplit) -> int:
     """Tokens actually present in a split's .bin files (read from the .idx, not trusted from JSON)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -58,7 +46,7 @@ def split_num_tokens(split: SplitSpec) -> int:
     return total
 
 
-def check_enough_tokens(spec: DatasetSpec, seq_length: int, global_batch_size: int) -> int:
+def check_enough_tokens(spec: PackedCorpus, seq_length: int, global_batch_size: int) -> int:
     """Raise before step 1 when the train split cannot fill one global batch; return its tokens."""
     have = split_num_tokens(spec.splits["train"])
     need = global_batch_size * seq_length + 1
@@ -70,7 +58,7 @@ def check_enough_tokens(spec: DatasetSpec, seq_length: int, global_batch_size: i
     return have
 
 
-def build_datasets(spec: DatasetSpec, seq_length: int, seed: int, num_samples: dict[str, int],
+def build_datasets(spec: PackedCorpus, seq_length: int, seed: int, num_samples: dict[str, int],
                    cache_dir: Path) -> dict[str, Any]:
     """GPT datasets per split ({"train": ds, "valid": ds|None, "test": ds|None}).
 

@@ -45,13 +45,13 @@ def _rank() -> int:
 def run(cfg: PretrainConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
     """Train `cfg.model` on the packed corpus `inputs["corpus"]` into `out` (resuming if `out`
     holds checkpoints)."""
-    from fullchain.pretrain.data import read_dataset_spec
+    from fullchain.core.contracts import read_packed_corpus
     from fullchain.pretrain.train import train
 
     if "corpus" not in inputs:
         raise ValueError(f"inputs: the pretrain stage needs a 'corpus' input, got {sorted(inputs)}")
     out = Path(out)
-    spec = read_dataset_spec(inputs["corpus"])
+    spec = read_packed_corpus(inputs["corpus"])
     rank = _rank()
     metrics = train(cfg, spec, out)
     if rank != 0:

@@ -19,14 +19,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from fullchain.core.contracts import PackedCorpus
 from fullchain.pretrain import checkpoint
 from fullchain.pretrain.config import PretrainConfig
-from fullchain.pretrain.data import DatasetSpec, batch_iterator, build_datasets, check_enough_tokens
+from fullchain.pretrain.data import batch_iterator, build_datasets, check_enough_tokens
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_vocab(cfg: PretrainConfig, spec: DatasetSpec) -> tuple[int, int]:
+def resolve_vocab(cfg: PretrainConfig, spec: PackedCorpus) -> tuple[int, int]:
     """(vocabulary of the tokenizer, padded embedding rows); raises naming `vocab_size`."""
     from fullchain.pretrain.model import padded_vocab_size
 
@@ -76,7 +77,7 @@ def _global_mean(values: list[float], contributes: bool, device) -> float:
     return float(summary[0] / summary[1]) if summary[1] > 0 else float("nan")
 
 
-def train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
+def train(cfg: PretrainConfig, spec: PackedCorpus, out: Path) -> dict[str, Any]:
     """Train (or resume) into `out`; collective over the torchrun world."""
     from fullchain.pretrain import distributed
 
@@ -87,7 +88,7 @@ def train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
         distributed.destroy()
 
 
-def _train(cfg: PretrainConfig, spec: DatasetSpec, out: Path) -> dict[str, Any]:
+def _train(cfg: PretrainConfig, spec: PackedCorpus, out: Path) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from fullchain.pretrain.metrics import MetricsWriter, device_peak_flops, model_flops_per_token
