@@ -8,6 +8,10 @@
     fullchain env sync [NAME ...] | fullchain env list  # per-stage environments
     fullchain serve <deploy artifact | step id> [deploy.api_key=KEY deploy.port=0]  # foreground
     fullchain deploy bench <artifact | URL> --concurrency 1,8,32 --duration 30   # load test
+    fullchain eval compare <artifact> <artifact> ...    # one table across eval artifacts
+    fullchain chat <deploy artifact | URL>              # talk to the agent, tool calls shown
+    fullchain report <run dir | artifact | step id>     # one self-contained HTML page
+    fullchain verify <artifact | step id>               # re-execute a step, compare checksums
 """
 from __future__ import annotations
 
@@ -341,6 +345,30 @@ def cmd_deploy_bench(args) -> int:
     return 0
 
 
+# Commands whose code lives with what they serve: `fullchain <name> ARGS` calls
+# `<module>.main(ARGS) -> exit code` (each parses its own arguments, `fullchain <name> -h`).
+DELEGATED = {
+    "eval": ("fullchain.eval.cli", "evaluation tools: compare"),
+    "chat": ("fullchain.agent.chat", "an interactive agent session on a deployment or URL"),
+    "report": ("fullchain.core.report", "a run's self-contained HTML report"),
+    "verify": ("fullchain.core.verify", "re-execute a step and compare payload checksums"),
+}
+
+
+def _delegate(args) -> int:
+    import importlib
+
+    module_name = DELEGATED[args.command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if not module_name.startswith(exc.name or "\0"):
+            raise
+        raise ConfigError(f"fullchain {args.command}: {module_name} is not installed in "
+                          f"{sys.executable} (bash tools/bootstrap.sh installs every stage)") from exc
+    return int(module.main(list(args.rest)) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fullchain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -392,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where bench.json and the PNG go (default: runs/bench-<time>)")
     p.add_argument("--conf")
     p.set_defaults(func=cmd_deploy_bench)
+    for name, (_, help_text) in DELEGATED.items():
+        p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate)
     return parser
 
 
