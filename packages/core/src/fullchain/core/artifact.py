@@ -5,6 +5,7 @@ killed or failed step never leaves a directory that looks complete.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -13,6 +14,44 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+
+NOT_CHECKSUMMED_DIRS = frozenset({".fullchain", "logs", "tensorboard"})
+"""Directories (at any depth) whose files carry no checksum: they are bookkeeping, not payload,
+and differ between two runs of the same step by nature: `.fullchain/` (the runner's request,
+result, pids), `logs/` (the step's stdout/stderr; a library's own logs, e.g. datatrove's
+`work/logs/` task logs and timing stats), `tensorboard/` (event files named and stamped with
+the time, host and pid; the same scalars are in the stage's metrics files)."""
+
+CHECKSUM_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHECKSUM_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def payload_files(root: Path) -> list[str]:
+    """The payload's files, relative to `root`, sorted: everything but `manifest.json` and the
+    NOT_CHECKSUMMED_DIRS; symlinks are not followed (a link to an input is not our payload)."""
+    root = Path(root)
+    found = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in NOT_CHECKSUMMED_DIRS)
+        rel_dir = Path(directory).relative_to(root)
+        for name in files:
+            rel = (rel_dir / name).as_posix()
+            if rel == MANIFEST or (Path(directory) / name).is_symlink():
+                continue
+            found.append(rel)
+    return sorted(found)
+
+
+def payload_checksums(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every payload file (see payload_files)."""
+    return {rel: file_sha256(Path(root) / rel) for rel in payload_files(root)}
 
 
 class ArtifactError(RuntimeError):

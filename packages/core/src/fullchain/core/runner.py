@@ -428,6 +428,7 @@ def _launch(spec: dict, step: graph_mod.Step, launcher: LauncherConfig, git: dic
         "inputs": {role: [_input_record(s) for s in v] if isinstance(v, list) else _input_record(v)
                    for role, v in step.inputs.items()},
         "contracts": result.get("contracts", {}),
+        "checksums": result.get("checksums", {}),
         "placement": step.placement,
         "environment": {"name": env_spec.name, **result.get("environment", {})},
         "launcher": {"name": launcher.name, "distributed": is_distributed(launcher, step.names),

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from fullchain.core import procs
-from fullchain.core.artifact import Artifact, write_json_atomic
+from fullchain.core.artifact import Artifact, payload_checksums, write_json_atomic
 from fullchain.core.config import to_dataclass
 from fullchain.core.contracts import validate_outputs
 from fullchain.core.envs import describe_current
@@ -153,6 +153,11 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> None:
         # complete (rank 0 writes them; the other ranks have nothing more to check).
         contracts = (validate_outputs(out, request.get("outputs") or {})
                      if rank == 0 else {})
+        # After the outputs validate, before the runner's manifest makes the step complete: a
+        # sha256 per payload file, what `fullchain verify` compares a re-execution against.
+        checksum_started = time.time()
+        checksums = payload_checksums(out) if rank == 0 else {}
+        checksum_seconds = time.time() - checksum_started
     except Exception:
         traceback.print_exc()
         sys.stderr.flush()
@@ -161,6 +166,8 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> None:
         sys.exit(f"{request['module']}.run returned {type(metrics).__name__}, expected a dict of metrics")
     if rank == 0:
         result = {"metrics": metrics or {}, "contracts": contracts, "environment": describe_current(),
-                  "run_seconds": round(time.time() - started, 3)}
+                  "run_seconds": round(time.time() - started, 3),
+                  "checksums": {"algorithm": "sha256", "files": checksums,
+                                "seconds": round(checksum_seconds, 3)}}
         json.dumps(result)  # fail here, loudly, on non-JSON metrics
         write_json_atomic(out / CONTROL_DIR / RESULT, result)
