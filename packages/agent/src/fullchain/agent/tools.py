@@ -22,12 +22,11 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+from fullchain.agent.sandbox import Sandbox
 from griffe import Docstring, DocstringSectionKind
 from lagent.actions import BaseAction
 from lagent.actions.parser import JsonParser, ParseError
 from lagent.schema import ActionReturn, ActionStatusCode
-
-from fullchain.agent.sandbox import Sandbox
 
 # ---------------------------------------------------------------------------- schemas
 
@@ -320,3 +319,22 @@ def documents_from_packed_corpus(corpus, limit: int = 2000) -> list[str]:
                 ids = [t for t in dataset[i].tolist() if t not in (corpus.eod_id, corpus.pad_id)]
                 documents.append(tokenizer.decode(ids, skip_special_tokens=True))
     return documents
+
+
+def from_openai_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """Lagent's description of an OpenAI `tools` entry (the inverse of `to_openai_tool`): the
+    schema is kept whole, so what the model is shown and what the arguments are checked against
+    are the same object."""
+    function = tool["function"]
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    params = [{"name": name, "type": _LAGENT_TYPES.get(spec.get("type", "string"), "STRING"),
+               "description": spec.get("description", "")}
+              for name, spec in schema.get("properties", {}).items()]
+    return {"name": function["name"], "description": function.get("description", ""),
+            "parameters": params, "required": list(schema.get("required", [])), "json_schema": schema}
+
+
+def declared_tool(tool: dict[str, Any], fn: Callable[..., Any] | None = None) -> FunctionTool:
+    """An action for an OpenAI tool schema, running `fn` (default: none to run; the call is
+    recorded and answered "ok": BFCL scores the call itself)."""
+    return FunctionTool(fn or (lambda **_: "ok"), description=from_openai_tool(tool))

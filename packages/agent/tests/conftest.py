@@ -1,0 +1,1 @@
+from agent_testing import *  # noqa: F401,F403
