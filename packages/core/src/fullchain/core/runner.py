@@ -126,6 +126,7 @@ def _check_implemented(step: graph_mod.Step) -> None:
 
 
 def execute(spec_doc: dict, progress: bool | None = None) -> RunReport:
+    run_started, run_started_at = time.time(), _now()
     spec, steps = plan(spec_doc)
     launcher = to_dataclass(LauncherConfig, spec.get("launcher") or {}, "launcher")
     check_runnable(spec, steps)
@@ -153,7 +154,10 @@ def execute(spec_doc: dict, progress: bool | None = None) -> RunReport:
         # a failed step, Ctrl-C or SIGTERM: no server outlives the run
         for running in serving.values():
             services.stop(running)
-        write_json_atomic(run_dir / "run.json", {"spec": "spec.yaml", "steps": report.steps})
+        # wall time of plan + steps (what `fullchain report` compares for the reuse ratio)
+        write_json_atomic(run_dir / "run.json", {"spec": "spec.yaml", "steps": report.steps,
+                                                 "started_at": run_started_at, "ended_at": _now(),
+                                                 "seconds": round(time.time() - run_started, 3)})
     summary = f"{len(report.ran)} step(s) ran, {len(report.reused)} reused"
     if not report.ran:
         summary += " — every step was reused from the store"
