@@ -76,9 +76,11 @@ class CheckedExecutor(ActionExecutor):
     """Lagent's ActionExecutor that names the declared tools in its error for an unknown one and
     records every call (for the validity metric)."""
 
-    def __init__(self, actions: list[BaseAction]):
+    def __init__(self, actions: list[BaseAction], echo=None):
         super().__init__(list(actions))
         self.calls: list[Call] = []
+        self.echo = echo
+        """Called with each `Call` as soon as it ran (the chat shows it)."""
 
     def __call__(self, name: str, command: str | dict) -> ActionReturn:
         if name in (self.finish_action.name, self.no_action.name):
@@ -95,6 +97,8 @@ class CheckedExecutor(ActionExecutor):
         self.calls.append(Call(name=name, arguments=args, valid=ok_args,
                                result=result.format_result() if result.state == ActionStatusCode.SUCCESS else None,
                                error=result.errmsg))
+        if self.echo:
+            self.echo(self.calls[-1])
         return result
 
 
@@ -147,9 +151,13 @@ class FunctionCallingAgent(BaseAgent):
         """What the model is shown (default: every action's schema; the task set's own schemas
         when given, so the model sees exactly the tools it was trained with)."""
 
-    def chat(self, question: str, system: str | None = None) -> Episode:
-        messages: list[dict[str, Any]] = ([{"role": "system", "content": system}] if system else [])
+    def chat(self, question: str, system: str | None = None,
+             history: list[dict[str, Any]] | None = None) -> Episode:
+        """One task (or one user turn after `history`, the `messages` of an earlier turn)."""
+        messages: list[dict[str, Any]] = list(history) if history else (
+            [{"role": "system", "content": system}] if system else [])
         messages.append({"role": "user", "content": question})
+        self.messages = messages
         episode = Episode(answer=None, status="turn_limit")
         for _ in range(self.max_turns):
             reply = self._llm.complete(messages, tools=self.tools or None)
@@ -165,6 +173,7 @@ class FunctionCallingAgent(BaseAgent):
                 calls = text_calls
             if not calls and not problem:
                 episode.answer, episode.status = reply.content, "answered"
+                messages.append({"role": "assistant", "content": reply.content})
                 break
             content = reply.content if reply.tool_calls else reply.content.split("<tool_call>")[0]
             ids = [c.get("id") for c in reply.tool_calls] or [None] * len(calls)
@@ -244,8 +253,8 @@ class ReActAgent:
 
 
 def make_agent(protocol: str, llm: OpenAIChat, actions: list[BaseAction], max_turns: int,
-               tools: list[dict[str, Any]] | None = None):
-    executor = CheckedExecutor(actions)
+               tools: list[dict[str, Any]] | None = None, echo=None):
+    executor = CheckedExecutor(actions, echo)
     if protocol == "react":
         return ReActAgent(llm, executor, max_turns)
     if protocol == "function_calling":
