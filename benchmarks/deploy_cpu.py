@@ -5,7 +5,9 @@
     served    the deploy artifact's server (`python -m fullchain.deploy.server`: transformers' OpenAI
               server + the gateway), streaming chat completions through the openai client, at
               concurrency 1 and 8; once with one generate() per request (default) and once with
-              continuous batching (`deploy.continuous_batching=true`)
+              continuous batching (`deploy.continuous_batching=true`); modes ending in `-int8`
+              serve the same model quantized (`deploy.quantization=int8`: torchao int8
+              weight-only linear layers), so the int8 row compares with the fp32 row beside it
 
 Model: the `small` shape (hidden 384, 6 layers, 6 heads, ffn 1024; conf/model/small.yaml), random
 weights, a BPE tokenizer trained here on tinyshakespeare (8k) with our ChatML template; prompts are
@@ -87,7 +89,8 @@ def baseline(model_dir: Path, requests: int, max_tokens: int) -> dict:
             "output_tokens_per_s": round(tokens / seconds, 1)}
 
 
-def served(artifact: Path, continuous_batching: bool, requests: int, max_tokens: int) -> dict:
+def served(artifact: Path, continuous_batching: bool, requests: int, max_tokens: int,
+           quantization: str = "none") -> dict:
     from fullchain.core import services
     from fullchain.core.contracts import write_deployment
     from fullchain.deploy.bench import load_test
@@ -95,7 +98,7 @@ def served(artifact: Path, continuous_batching: bool, requests: int, max_tokens:
     from fullchain.deploy.engines import deployment_for
 
     cfg = DeployConfig(continuous_batching=continuous_batching, max_tokens=max_tokens,
-                       default_max_tokens=max_tokens,
+                       default_max_tokens=max_tokens, quantization=quantization,
                        max_concurrent_requests=16)
     write_deployment(artifact, replace(deployment_for(cfg), startup_timeout_s=300))
     running = services.start("bench", artifact, artifact / "logs", dict(os.environ))
@@ -119,7 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=8, help="requests at c=1 (twice as many at c=8)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--modes", default="plain,cb", help="plain and/or cb (continuous batching)")
+    parser.add_argument("--modes", default="plain,cb", help="plain and/or cb (continuous batching), "
+                        "each optionally with -int8 (e.g. cb,cb-int8)")
     args = parser.parse_args()
     from fullchain.core.contracts import read_hf_model
     from fullchain.deploy.engines import MODEL_DIR
@@ -129,12 +133,21 @@ def main() -> None:
         source = build_small_model(Path(tmp) / "hf")
         artifact = Path(tmp) / "deploy"
         stage_model(read_hf_model(source), artifact / MODEL_DIR)
+        quantized = Path(tmp) / "deploy-int8"
+        if any(mode.endswith("-int8") for mode in args.modes.split(",")):
+            from fullchain.deploy.config import DeployConfig
+            from fullchain.deploy.quantize import quantize_in_place
+
+            stage_model(read_hf_model(source), quantized / MODEL_DIR)
+            print(f"int8: {quantize_in_place(DeployConfig(quantization='int8'), quantized / MODEL_DIR)}")
         report = {}
         # The machine is shared: the baseline is taken right before and after each served mode,
         # and each ratio uses the mean of the two around it.
         before = baseline(artifact / MODEL_DIR, args.requests, args.max_tokens)
         for mode in args.modes.split(","):
-            result = served(artifact, mode == "cb", args.requests, args.max_tokens)
+            int8 = mode.endswith("-int8")
+            result = served(quantized if int8 else artifact, mode.startswith("cb"), args.requests,
+                            args.max_tokens, "int8" if int8 else "none")
             after = baseline(artifact / MODEL_DIR, args.requests, args.max_tokens)
             base = (before["output_tokens_per_s"] + after["output_tokens_per_s"]) / 2
             print(f"baseline HF generate, 1 at a time, around '{mode}': "

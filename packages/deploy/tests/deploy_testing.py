@@ -62,7 +62,7 @@ def build_tool_model(out: Path, steps: int = 300) -> Path:
         ids[row, :len(seq)] = torch.tensor(seq)
         labels[row, :len(seq)] = torch.tensor(seq)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(steps):
+    for _ in range(steps):
         loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

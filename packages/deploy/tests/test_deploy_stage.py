@@ -144,12 +144,50 @@ def test_config_rules():
         DeployConfig(engine="lmdeploy").resolve(cpu)
     with pytest.raises(ValueError, match="need engine=lmdeploy"):
         DeployConfig(quantization="awq")
+    with pytest.raises(ValueError, match="int8 is the transformers engine's"):
+        DeployConfig(engine="lmdeploy", quantization="int8")
     with pytest.raises(ValueError, match="default_max_tokens: 600 exceeds max_tokens"):
         DeployConfig(default_max_tokens=600)
     gpu = Placement(world_size=1, accelerator="cuda", device_count=1, transformer_engine=False)
     cfg = DeployConfig(engine="lmdeploy", quantization="awq", kv_cache_int8=True)
     cfg.resolve(gpu)
     assert cfg.dtype == "bf16"
+
+
+def test_int8_deployment_quantizes_linear_weights_serves_tool_calls_and_keeps_the_source(
+        tool_model, tmp_path):
+    """deploy.quantization=int8 through the real CLI: torchao int8 weight-only linear layers, loaded
+    by the same server, which still answers the trained tool call; the source model (hard-linked
+    into the staged copy) is unchanged, and the deployment links back to it."""
+    import hashlib
+    import struct
+
+    def digests(folder):
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir() if f.is_file()}
+
+    before = digests(tool_model)
+    env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "artifacts"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
+               FULLCHAIN_CACHE=str(tmp_path / "cache"))
+    result = fullchain("run", "stages=[deploy]", "env=current", "~graph.deploy.inputs.model",
+                       f"deploy.model_path={tool_model}", "deploy.quantization=int8", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (manifest,) = (tmp_path / "artifacts" / "deploy").glob("*/manifest.json")
+    metrics = json.loads(manifest.read_text())["metrics"]
+    assert metrics["quantization"] == "int8-weight-only (torchao)"
+    assert metrics["smoke_tool_calls"] == 1 and metrics["smoke_tool_finish_reason"] == "tool_calls"
+    assert metrics["weights_bytes_quantized"] < 0.75 * metrics["weights_bytes_full"]
+    deployment = read_deployment(manifest.parent)
+    assert deployment.quantization == "int8-weight-only (torchao)"
+    assert deployment.source_model == str(tool_model)
+    assert digests(tool_model) == before, "quantizing wrote through a hard link into the source"
+    model_dir = manifest.parent / "model"
+    assert "quant_method" in json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    raw = (model_dir / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    dtypes = {name: entry["dtype"] for name, entry in header.items() if name != "__metadata__"}
+    # torchao stores a linear weight as int8 data + float scales; norms and embeddings stay float
+    assert dtypes["model.layers.0.mlp.up_proj._weight_qdata"] == "I8", dtypes
+    assert dtypes["model.layers.0.input_layernorm.weight"] == "F32"
 
 
 def test_lmdeploy_command_carries_the_settings():

@@ -74,8 +74,12 @@ class DeployConfig:
     """LMDeploy: concurrent sequences in the engine."""
     cache_max_entry_count: float = 0.8
     """LMDeploy: fraction of free GPU memory for the KV cache."""
-    quantization: Literal["none", "awq"] = "none"
-    """Weight quantization: `awq` = W4A16 through `lmdeploy lite auto_awq` (GPU only)."""
+    quantization: Literal["none", "int8", "awq"] = "none"
+    """Weight quantization: `int8` = int8 weight-only linear layers (per-channel scales,
+    activations in float) through torchao's `Int8WeightOnlyConfig` as transformers'
+    `TorchAoConfig` (transformers engine, CPU or GPU); `awq` = W4A16 through `lmdeploy lite
+    auto_awq` (lmdeploy engine, GPU only). The full-precision model stays the lineage link
+    (`source_model`)."""
     kv_cache_int8: bool = False
     """LMDeploy: KV cache in int8 (its quant_policy 8)."""
     startup_timeout_s: float = field(default=600.0, metadata=_NOT_HASHED)
@@ -99,11 +103,14 @@ class DeployConfig:
         if not self.served_model_name or any(c.isspace() for c in self.served_model_name):
             raise ValueError(f"served_model_name: {self.served_model_name!r} must be non-empty "
                              "without spaces")
-        if self.engine == "transformers" and (self.quantization != "none" or self.kv_cache_int8
+        if self.engine == "transformers" and (self.quantization == "awq" or self.kv_cache_int8
                                               or self.tensor_parallel_size != 1):
             raise ValueError("quantization: awq, kv_cache_int8 and tensor_parallel_size > 1 need "
-                             "engine=lmdeploy (GPU); the transformers engine serves the weights "
-                             "as they are")
+                             "engine=lmdeploy (GPU); the transformers engine quantizes with "
+                             "quantization=int8 only")
+        if self.engine == "lmdeploy" and self.quantization == "int8":
+            raise ValueError("quantization: int8 is the transformers engine's (torchao); LMDeploy "
+                             "quantizes with awq (W4A16) and kv_cache_int8")
 
     def resolve(self, placement) -> None:
         """LMDeploy needs a GPU; `auto` dtype becomes bf16 there (fp32 stays the CPU's)."""

@@ -10,6 +10,9 @@ import sys
 from fullchain.core.contracts import Deployment
 from fullchain.deploy.config import DeployConfig
 
+QUANTIZATION_LABELS = {"int8": "int8-weight-only (torchao)"}
+"""What `deployment.json` records as `quantization` for the transformers engine's options."""
+
 MODEL_DIR = "model"
 """The servable model inside the deploy artifact."""
 
@@ -29,7 +32,7 @@ def transformers_deployment(cfg: DeployConfig, python: str = sys.executable) -> 
                       env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
                       health_path="/health", api_base="/v1",
                       startup_timeout_s=cfg.startup_timeout_s, api_key_env=cfg.api_key_env,
-                      quantization="none")
+                      quantization=QUANTIZATION_LABELS.get(cfg.quantization, "none"))
 
 
 def lmdeploy_deployment(cfg: DeployConfig, python: str = sys.executable) -> Deployment:

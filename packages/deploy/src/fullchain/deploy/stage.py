@@ -38,12 +38,17 @@ def run(cfg: DeployConfig, inputs: dict[str, Artifact | str | Path], out: Path) 
         changes = prepare_lmdeploy(cfg, model, out)
     else:
         changes = stage_model(model, out / MODEL_DIR)
+        if cfg.quantization == "int8":
+            from fullchain.deploy.quantize import quantize_in_place
+
+            changes.update(quantize_in_place(cfg, out / MODEL_DIR))
     log.info("servable model at %s (%.1fs; %s)", out / MODEL_DIR, time.perf_counter() - started,
              ", ".join(f"{k} set" for k in changes) or "as exported")
     deployment = replace(deployment_for(cfg, sys.executable), source_model=str(model.path))
     write_deployment(out, deployment)
     metrics: dict = {"engine": deployment.engine, "served_model_name": deployment.model_name,
                      "quantization": deployment.quantization,
+                     **{k: v for k, v in changes.items() if k.startswith("weights_bytes")},
                      "model_bytes": sum(f.stat().st_size for f in (out / MODEL_DIR).rglob("*")
                                         if f.is_file())}
     if cfg.smoke_test or cfg.bench.concurrency:
