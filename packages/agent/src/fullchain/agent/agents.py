@@ -175,28 +175,26 @@ class FunctionCallingAgent(BaseAgent):
                 episode.answer, episode.status = reply.content, "answered"
                 messages.append({"role": "assistant", "content": reply.content})
                 break
+            if problem:  # a malformed reply: nothing runs, the model hears what was wrong
+                step.error = problem
+                step.calls = [Call(name=n, arguments=a, valid=False, error=problem) for n, a in calls]
+                for call in step.calls:
+                    if self._action_executor.echo:
+                        self._action_executor.echo(call)
+                messages.append({"role": "assistant", "content": reply.content})
+                messages.append({"role": "tool", "content": f"error: {problem}"})
+                continue
             content = reply.content if reply.tool_calls else reply.content.split("<tool_call>")[0]
             ids = [c.get("id") for c in reply.tool_calls] or [None] * len(calls)
-            assistant: dict[str, Any] = {"role": "assistant", "content": content.strip()}
-            if calls:
-                assistant["tool_calls"] = [
-                    {"id": i or f"call_{len(messages)}_{k}", "type": "function",
-                     "function": {"name": n, "arguments": _as_text(a)}}
-                    for k, (i, (n, a)) in enumerate(zip(ids, calls))]
-            else:  # only a malformed call: the model's text stays, the error answers it
-                assistant["content"] = reply.content
-            messages.append(assistant)
+            messages.append({"role": "assistant", "content": content.strip(), "tool_calls": [
+                {"id": i or f"call_{len(messages)}_{k}", "type": "function",
+                 "function": {"name": n, "arguments": _as_text(a)}}
+                for k, (i, (n, a)) in enumerate(zip(ids, calls))]})
             before = len(self._action_executor.calls)
-            results = [observation(self._action_executor(n, a)) for n, a in calls]
+            for name, arguments in calls:
+                messages.append({"role": "tool",
+                                 "content": observation(self._action_executor(name, arguments))})
             step.calls = self._action_executor.calls[before:]
-            if problem:
-                step.error = problem
-                for call in step.calls:
-                    call.valid = False
-                results = results or [""]
-                results[-1] = (results[-1] + "\n" if results[-1] else "") + f"error: {problem}"
-            for text in results:
-                messages.append({"role": "tool", "content": text})
         return episode
 
 
