@@ -162,7 +162,21 @@ def execute(spec_doc: dict, progress: bool | None = None) -> RunReport:
     if not report.ran:
         summary += " — every step was reused from the store"
     log.info("%s (run record: %s)", summary, run_dir / "run.json")
+    _print_summary(run_dir)
     return report
+
+
+def _print_summary(run_dir: Path) -> None:
+    """The demo's summary table (`fullchain report`'s, '-' where this run has no such number)
+    on stdout at the end of a run. A run record it cannot read is a warning, not a failed run."""
+    from fullchain.core.report import format_summary, from_run_dir, summary_rows
+
+    try:
+        table = format_summary(summary_rows(from_run_dir(run_dir)))
+    except (ArtifactError, OSError, ValueError) as exc:
+        log.warning("no summary table: %s", exc)
+        return
+    print(f"{table}\n(the full page: fullchain report {run_dir})", flush=True)
 
 
 def _last_service_use(steps: list[graph_mod.Step]) -> dict[str, int]:
