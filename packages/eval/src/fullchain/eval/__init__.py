@@ -1,6 +1,14 @@
-"""fullchain.eval: planned stage. Its config schema (`EvalConfig`) is part of the spec tree
-now; the stage's `run` lands with its own issue, so `stages=[eval]` is refused with a clear
-error until then."""
+"""fullchain.eval: score HF models and served endpoints with OpenCompass over local benchmarks,
+held-out perplexity and the synthetic tool-use task. Imports nothing heavy: the config, result
+readers and `compare` work in the main environment, without OpenCompass."""
 from fullchain.eval.config import EvalConfig
 
-__all__ = ["EvalConfig"]
+
+def run(cfg, inputs, out):
+    """`fullchain.eval.stage.run` (imported on call; it needs the eval environment)."""
+    from fullchain.eval.stage import run as _run
+
+    return _run(cfg, inputs, out)
+
+
+__all__ = ["EvalConfig", "run"]

@@ -1,4 +1,5 @@
-"""Config schema of the eval stage (OpenCompass). The stage itself is planned (issue to come)."""
+"""Config schema of the eval stage (OpenCompass). Stdlib only: the driver validates it in the
+main environment, where OpenCompass is not installed."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,24 +12,63 @@ from fullchain.core.schema import BenchmarkConfig, check_benchmark_names
 @dataclass
 class EvalConfig:
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)
-    """What to score the model on: the spec's `benchmarks` group, the same list the data stage
+    """What to score the models on: the spec's `benchmarks` group, the same list the data stage
     decontaminates against."""
     max_items: int | None = None
-    """Score only the first N items of each benchmark (None: all); decontamination still covers
+    """Score N items per benchmark, drawn with `seed` (None: all); decontamination still covers
     every item, so a subset scored is never a subset checked."""
-    engine: Literal["hf", "api"] = "hf"
-    """Score a HF checkpoint in-process, or a served model over its OpenAI API."""
+    seed: int = 0
+    """Seed of the `max_items` draw (the same seed draws the same items)."""
+    endpoint: str | None = None
+    """Also score a served model over its OpenAI API: `deploy` (the node's `endpoint` role, served
+    by the runner) or a base URL such as http://127.0.0.1:8000/v1. None: HF models only."""
+    endpoint_model: str | None = None
+    """Model name sent to a URL endpoint (None: the first one its /models lists)."""
+    endpoint_tokenizer: str | None = None
+    """Local tokenizer directory for a URL endpoint (prompt lengths; no tiktoken download).
+    None: the tokenizer of the deployment's model, or of the first HF model."""
+    endpoint_concurrency: int = field(default=4, metadata={"hash": False})
+    """Requests in flight at once against the endpoint."""
+    endpoint_retries: int = field(default=3, metadata={"hash": False})
+    """Retries per request (exponential backoff from 1 s) before the run fails naming the URL."""
     max_new_tokens: int = 256
-    """Generation budget per item."""
+    """Generation budget per item (gen tasks and the tool-use task)."""
+    max_seq_len: int = 2048
+    """Longest prompt + answer the HF models are given (tokens)."""
+    tool_split: str = "heldout"
+    """Split of the `tasks` input (chat_data's tool_tasks) scored as the tool-use benchmark."""
+    tool_max_items: int | None = None
+    """Score only N tool-use tasks (seeded like max_items; None: the whole split)."""
+    heldout_max_tokens: int | None = 16384
+    """Tokens of the corpus' validation split scored for perplexity / bits per byte (None: all)."""
     batch_size: int = field(default=8, metadata={"hash": False})
     """Items per forward pass."""
-    debug: bool = field(default=True, metadata={"hash": False})
-    """OpenCompass --debug: tasks in-process (8-28 s vs ~2.5 min per tiny run)."""
+    runner: Literal["debug", "local", "slurm"] = field(default="debug", metadata={"hash": False})
+    """OpenCompass runner: `debug` runs its tasks in this process (8-28 s vs ~2.5 min per tiny
+    run on CPU), `local` one subprocess per task, `slurm` one `srun` job per task."""
+    slurm_partition: str | None = field(default=None, metadata={"hash": False})
+    """SLURM partition for runner=slurm."""
+    max_num_workers: int = field(default=1, metadata={"hash": False})
+    """Tasks OpenCompass runs at once (runner local/slurm)."""
 
     def __post_init__(self) -> None:
         check_benchmark_names(self.benchmarks)
-        if self.max_items is not None and self.max_items < 1:
-            raise ValueError(f"max_items: {self.max_items} must be >= 1 or null")
+        for name in ("max_items", "tool_max_items", "heldout_max_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}: {value} must be >= 1 or null")
+        for name in ("max_new_tokens", "max_seq_len", "batch_size", "endpoint_concurrency",
+                     "max_num_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.endpoint_retries < 0:
+            raise ValueError(f"endpoint_retries: {self.endpoint_retries} must be >= 0")
+        if self.endpoint is not None and self.endpoint != "deploy" and not self.endpoint.startswith(
+                ("http://", "https://")):
+            raise ValueError(f"endpoint: {self.endpoint!r} must be `deploy` (the node's endpoint "
+                             "role) or an http(s):// base URL")
+        if self.runner == "slurm" and not self.slurm_partition:
+            raise ValueError("slurm_partition: runner=slurm needs a partition")
 
 
 # Eval scores several models in one run (the base and the tuned ones), optionally a served
@@ -38,6 +78,9 @@ STAGE = Stage(kind="eval", module="fullchain.eval", config=EvalConfig,
                                      doc="models to score side by side"),
                       "endpoint": Role("deployment", optional=True, serve=True,
                                        doc="a deployment the runner serves for the eval"),
-                      "corpus": Role("tokenizer", optional=True,
-                                     doc="the data artifact, for contamination beside scores")},
+                      "corpus": Role("packed_corpus", optional=True,
+                                     doc="the data artifact: held-out perplexity on its valid "
+                                         "split, contamination beside scores"),
+                      "tasks": Role("tool_tasks", optional=True,
+                                    doc="chat_data's tool-use tasks, scored as a benchmark")},
               outputs={"eval_results": "."})

@@ -1,0 +1,3 @@
+from fullchain.core.worker import main
+
+main("eval")

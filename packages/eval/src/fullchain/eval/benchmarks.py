@@ -1,0 +1,232 @@
+"""Our benchmark files -> files OpenCompass's own loaders read correctly (stdlib only).
+
+Each copy in ../shared/data comes in its source repository's format; FINDINGS.md lists what each
+needs (probed with planted answers). A conversion writes the scored items, drawn with the seed
+when `max_items` is set, into the step's artifact:
+
+    gsm8k            as is (GSM8KDataset reads <dir>/test.jsonl and train.jsonl)
+    mmlu             CSV with a header row and answers 0-3: header dropped (it would load as a
+                     question), answers mapped to A-D (otherwise every item silently scores ~0)
+    ceval, cmmlu     per-subject CSVs (id, question, A-D, answer letter), one set
+    arc_*, boolq     llm-foundry jsonl {query, choices, gold}: options A.., gold index -> letter
+
+Every multiple-choice set becomes OpenCompass's custom-dataset mcq layout (`question`, `A`..,
+`answer`), scored by its own templates (ppl or gen) and evaluators. Errors name file:line.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONVERSION_VERSION = 1
+"""Bump when any conversion's output changes for the same input (recorded with every score)."""
+
+LETTERS = "ABCDEFGHIJ"
+
+
+class BenchmarkError(ValueError):
+    """A benchmark file is missing or malformed; the message names the file (and line, field)."""
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One benchmark as OpenCompass will read it."""
+
+    name: str
+    kind: str
+    """`gsm8k` (GSM8KDataset directory) or `mcq` (custom-dataset jsonl)."""
+    path: Path
+    """The gsm8k directory, or the mcq jsonl file."""
+    num_items: int
+    """Items scored (after the max_items draw)."""
+    total_items: int
+    """Items in the benchmark file(s)."""
+    options: tuple[str, ...] = ()
+    file_hash: str = ""
+    """sha256 over the source files' bytes (in sorted order)."""
+    item_ids: list[str] = field(default_factory=list)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8")
+    if path.suffix == ".bz2":
+        return io.TextIOWrapper(bz2.open(path), encoding="utf-8")
+    return open(path, encoding="utf-8-sig")
+
+
+def source_files(name: str, pattern: str) -> list[Path]:
+    files = sorted(Path(p) for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else (
+        [Path(pattern)] if Path(pattern).is_file() else [])
+    if not files:
+        raise BenchmarkError(f"benchmarks[{name}].path: {pattern} matches no file")
+    return files
+
+
+def content_hash(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(file) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BenchmarkError(f"{file}:{number}: not valid JSON: {exc}") from None
+            if not isinstance(record, dict):
+                raise BenchmarkError(f"{file}:{number}: expected a JSON object")
+            yield number, record
+
+
+def _csv(file: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    with _open_text(file) as handle:
+        reader = csv.DictReader(handle)
+        missing = [k for k in required if k not in (reader.fieldnames or [])]
+        if missing:
+            raise BenchmarkError(f"{file}:1: header {reader.fieldnames} lacks column(s) {missing}")
+        for record in reader:
+            if any(record.get(k) is None for k in required):
+                raise BenchmarkError(f"{file}:{reader.line_num}: row has fewer columns than the header")
+            yield reader.line_num, record
+
+
+def _need(record: dict, key: str, kind: type, where: str) -> Any:
+    value = record.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BenchmarkError(f"{where}: field '{key}' is {value!r}, expected {kind.__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------------- readers
+# Each yields (item id, record in the target layout).
+
+
+def _read_gsm8k(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    for file in files:
+        for number, record in _jsonl(file):
+            where = f"{file}:{number}"
+            _need(record, "question", str, where)
+            answer = _need(record, "answer", str, where)
+            if "#### " not in answer:
+                raise BenchmarkError(f"{where}: field 'answer' has no '#### <number>' final answer")
+            yield f"{file.name}:{number}", {"question": record["question"], "answer": answer}
+
+
+def _mcq(question: str, choices: list[str], gold: int, where: str) -> dict[str, str]:
+    if not 0 <= gold < len(choices):
+        raise BenchmarkError(f"{where}: gold answer index {gold} is outside the {len(choices)} choices")
+    return {"question": question, **{LETTERS[i]: str(c) for i, c in enumerate(choices)},
+            "answer": LETTERS[gold]}
+
+
+def _read_foundry(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    """llm-foundry's {query, choices, gold} (ARC, BoolQ, commonsense sets)."""
+    for file in files:
+        for number, record in _jsonl(file):
+            where = f"{file}:{number}"
+            query = _need(record, "query", str, where)
+            choices = _need(record, "choices", list, where)
+            gold = _need(record, "gold", int, where)
+            if query.startswith("Question: "):  # the mcq template writes its own "Question: "
+                query = query[len("Question: "):]
+            yield f"{file.name}:{number}", _mcq(query, choices, gold, where)
+
+
+def _letter(value: str, options: int, where: str, field_name: str) -> int:
+    value = value.strip()
+    if value.isdigit() and int(value) < options:
+        return int(value)
+    if len(value) == 1 and value.upper() in LETTERS[:options]:
+        return LETTERS.index(value.upper())
+    raise BenchmarkError(f"{where}: field '{field_name}' is {value!r}, expected 0-{options - 1} "
+                         f"or {LETTERS[0]}-{LETTERS[options - 1]}")
+
+
+def _read_csv_mcq(files: list[Path], question: str, choices: tuple[str, ...],
+                  answer: str) -> Iterator[tuple[str, dict]]:
+    for file in files:
+        for number, record in _csv(file, (question, *choices, answer)):
+            where = f"{file}:{number}"
+            gold = _letter(record[answer], len(choices), where, answer)
+            item = _mcq(record[question], [record[c] for c in choices], gold, where)
+            item["subject"] = file.stem.removesuffix("_test").removesuffix("_val")
+            yield f"{file.name}:{number}", item
+
+
+READERS = {
+    "gsm8k": ("gsm8k", _read_gsm8k),
+    # This copy's header row is question,choice0..3,answer with answers 0-3.
+    "mmlu": ("mcq", lambda files: _read_csv_mcq(files, "question", ("choice0", "choice1", "choice2", "choice3"), "answer")),
+    "ceval": ("mcq", lambda files: _read_csv_mcq(files, "question", ("A", "B", "C", "D"), "answer")),
+    "cmmlu": ("mcq", lambda files: _read_csv_mcq(files, "Question", ("A", "B", "C", "D"), "Answer")),
+    "arc": ("mcq", _read_foundry),
+    "boolq": ("mcq", _read_foundry),
+}
+"""Benchmark name (or its prefix before `_`: arc_easy, arc_challenge) -> (kind, reader)."""
+
+
+def reader_for(name: str):
+    key = name if name in READERS else name.split("_")[0]
+    if key not in READERS:
+        raise BenchmarkError(f"benchmarks[{name}]: no conversion for this benchmark; supported: "
+                             f"{sorted(READERS)} (a name may extend one with _suffix, e.g. arc_easy)")
+    return READERS[key]
+
+
+def draw(count: int, max_items: int | None, seed: int) -> list[int]:
+    """Indices of the scored items: all, or `max_items` drawn with `seed`, in file order."""
+    if max_items is None or max_items >= count:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), max_items))
+
+
+def convert(name: str, pattern: str, out_dir: Path, max_items: int | None = None,
+            seed: int = 0) -> Converted:
+    """Read benchmark `name` from `pattern` and write what OpenCompass loads under `out_dir`."""
+    kind, reader = reader_for(name)
+    files = source_files(name, pattern)
+    items = list(reader(files))
+    if not items:
+        raise BenchmarkError(f"benchmarks[{name}].path: {pattern} holds no items")
+    chosen = [items[i] for i in draw(len(items), max_items, seed)]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "gsm8k":
+        path = out_dir / name
+        path.mkdir(exist_ok=True)
+        _write_jsonl(path / "test.jsonl", [record for _, record in chosen])
+        _write_jsonl(path / "train.jsonl", [])  # the loader opens it; zero-shot needs none
+        options: tuple[str, ...] = ()
+    else:
+        path = out_dir / f"{name}.jsonl"
+        width = max(sum(1 for k in record if len(k) == 1 and k in LETTERS) for _, record in chosen)
+        options = tuple(LETTERS[:width])
+        rows = [{"question": r["question"], **{o: r.get(o, "") for o in options},
+                 "answer": r["answer"]} for _, r in chosen]
+        _write_jsonl(path, rows)
+    return Converted(name=name, kind=kind, path=path, num_items=len(chosen), total_items=len(items),
+                     options=options, file_hash=content_hash(files),
+                     item_ids=[item_id for item_id, _ in chosen])
+
+
+def _write_jsonl(file: Path, rows: list[dict]) -> None:
+    with open(file, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
