@@ -75,13 +75,18 @@ def test_eval_deploy_and_agent_sections_read_their_files(tmp_path):
         EvalRow("tuned", "tool_use", "exact_expression", 74.0, 100),
         EvalRow("tuned", "gsm8k", "accuracy", 3.0, 50),
     ])
-    doc = json.loads((evaluation / "results.json").read_text())
-    doc["rows"][3]["contaminated"] = True  # a field the eval stage may add per row
-    (evaluation / "results.json").write_text(json.dumps(doc))
+    # the eval stage's marks: benchmark items found in the training corpus (data's decontamination)
+    (evaluation / "pins.json").write_text(json.dumps({"contamination": {
+        "gsm8k": {"items_found": 3, "items": 50, "action": "flag", "contaminated": True},
+        "tool_use": {"items_found": 0, "items": 100, "action": "drop", "contaminated": False}}}))
     agent = _artifact(store, "agent", "a" * 16, {"server": ("deploy", "d" * 16),
                                                  "after": ("eval", "e" * 16)}, {})
-    (agent / "results.json").write_text(json.dumps({"with_tools": {"accuracy": 0.8},
-                                                    "without_tools": {"accuracy": 0.02}}))
+    (agent / "results.json").write_text(json.dumps({"protocol": "react", "results": [
+        {"set": "new_numbers", "mode": "tools", "tasks": 50, "success_rate": 0.8},
+        {"set": "new_numbers", "mode": "no_tools", "tasks": 50, "success_rate": 0.02},
+        {"set": "new_wordings", "mode": "tools", "tasks": 30, "success_rate": 0.6},
+        {"set": "new_wordings", "mode": "no_tools", "tasks": 30, "success_rate": 0.0},
+    ]}))
     (agent / "trajectories.jsonl").write_text("".join(
         json.dumps({"task": i, "steps": ["calculator(2+2)"]}) + "\n" for i in range(5)))
     view = collect(str(agent), None)
@@ -89,11 +94,15 @@ def test_eval_deploy_and_agent_sections_read_their_files(tmp_path):
     assert [s.kind for s in view.steps] == ["deploy", "eval", "agent"]
     assert rows["tune: tool-call format validity (held-out)"] == "base 12.0%; tuned 97.0%"
     assert rows["tune: exact-expression rate (held-out)"] == "tuned 74.0%"
-    assert rows["agent: accuracy with tools / without"] == "80.0% / 2.0%"
+    assert rows["agent: success rate with tools / without (new_numbers)"] == "80.0% / 2.0%"
+    assert rows["agent: success rate with tools / without (new_wordings)"] == "60.0% / 0.0%"
+    # over all sets, weighted by tasks: (40 + 18) / 80 and 1 / 80
+    assert rows["agent: success rate with tools / without (all sets)"] == "72.5% / 1.2%"
     assert rows["deploy c=1: output tokens/s, latency p50 / p99"] == "41.2, 0.50 s / 0.75 s"
     assert rows["deploy c=8: output tokens/s, latency p50 / p99"] == "120.5, 1.25 s / 2.50 s"
     assert rows["wall time: eval"] == "12.5 s"
     assert rows["wall time: whole run"] == "-"  # an artifact, not a run: no run wall time
     page = render(view, summary_rows(view))
     assert page.count('class="contaminated"') == 1
+    assert "</span> (3 of 50 items in the corpus, kept)" in page and page.count("<td>clean</td>") == 2
     assert page.count("<summary>trajectory") == 3  # a few, not all five

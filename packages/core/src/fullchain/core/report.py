@@ -8,7 +8,7 @@ What it reads (every section tolerates its stage being absent: "not in this run"
   `data_card.md` + `length_histogram.png`, chat_data's `chat_card.md`, pretrain's and tune's
   `metrics.jsonl` + `loss.png`, eval's results through `contracts.read_eval_results` (+ its
   PNGs), deploy's `bench/bench.json` + `bench/latency_vs_concurrency.png`, agent's
-  `results.json` + `trajectories.jsonl`;
+  `results.json` (+ `results.png`) and `trajectories.jsonl`;
 - other runs of the same spec in the same runs dir (same digest in the name) for the reuse ratio:
   the wall time of a run that reused every step / that of the run that computed them.
 
@@ -271,10 +271,7 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
             f"{r['model']} {_num(r['score'], 1)}" for r in perplexity)))
     rows.append(("tune: tool-call format validity (held-out)", _scores(evals, "format_validity")))
     rows.append(("tune: exact-expression rate (held-out)", _scores(evals, "exact_expression")))
-    agent = view.first("agent")
-    results = agent_results(agent) if agent else {}
-    rows.append(("agent: accuracy with tools / without", " / ".join(
-        _num(_pick(results, key), 1, "%") for key in ("with_tools", "without_tools"))))
+    rows += agent_summary(view)
     bench = {r.get("concurrency"): r for step in view.of_kind("deploy") for r in bench_rows(step)}
     for level in (1, 8):
         row = bench.get(level) or {}
@@ -296,15 +293,31 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
     return rows
 
 
-def _pick(results: dict, key: str) -> Any:
-    """An agent accuracy in percent: results[key] as a number, or results[key]['accuracy'];
-    a fraction (<= 1) is scaled to percent."""
-    value = results.get(key)
-    if isinstance(value, dict):
-        value = value.get("accuracy")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
-        value = 100.0 * value
-    return value
+def agent_summary(view: RunView) -> list[tuple[str, str]]:
+    """Success rate with tools / without, per task set and over all sets (weighted by tasks),
+    from the agent's results.json: {"results": [{set, mode: tools|no_tools, tasks,
+    success_rate (a fraction)}, ...]}."""
+    table = [r for step in view.of_kind("agent") for r in agent_results(step).get("results") or []
+             if isinstance(r, dict)]
+    what = "agent: success rate with tools / without"
+    if not table:
+        return [(what, f"{MISSING} / {MISSING}")]
+
+    def rate(rows: list[dict], mode: str) -> str:
+        found = [r for r in rows if r.get("mode") == mode and isinstance(r.get("tasks"), int)
+                 and isinstance(r.get("success_rate"), (int, float))]
+        tasks = sum(r["tasks"] for r in found)
+        if not tasks:
+            return MISSING
+        return _num(100.0 * sum(r["success_rate"] * r["tasks"] for r in found) / tasks, 1, "%")
+
+    sets = list(dict.fromkeys(str(r.get("set")) for r in table))
+    out = [(f"{what} ({name})", f"{rate([r for r in table if str(r.get('set')) == name], 'tools')}"
+            f" / {rate([r for r in table if str(r.get('set')) == name], 'no_tools')}")
+           for name in sets]
+    if len(sets) > 1:
+        out.append((f"{what} (all sets)", f"{rate(table, 'tools')} / {rate(table, 'no_tools')}"))
+    return out
 
 
 def format_summary(rows: list[tuple[str, str]]) -> str:

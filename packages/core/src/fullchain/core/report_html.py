@@ -18,6 +18,7 @@ from fullchain.core.report import (
     agent_results,
     bench_rows,
     eval_rows,
+    read_json,
     read_jsonl,
 )
 
@@ -193,8 +194,19 @@ def section_losses(view: RunView) -> str:
     return "\n".join(parts) or absent("not in this run (no pretrain or tune step)")
 
 
-def _contaminated(row: dict) -> bool:
-    return any("contamin" in str(k).lower() and bool(v) for k, v in row.items())
+def _contamination(benchmark: str, rows: list[dict], marks: dict) -> Markup:
+    """The eval stage's mark for a benchmark: `pins.json`'s contamination entry (items of the
+    benchmark found in the training corpus, dropped or kept), or a row field naming it."""
+    entry = marks.get(benchmark.split("/")[0])
+    flagged = any("contamin" in str(k).lower() and v is True for r in rows for k, v in r.items())
+    if isinstance(entry, dict) and entry.get("items_found"):
+        found = f"{entry['items_found']} of {entry.get('items', '?')} items in the corpus"
+        if entry.get("contaminated") or flagged:
+            return Markup(f'<span class="contaminated">contaminated</span> ({esc(found)}, kept)')
+        return Markup(esc(f"{found}, {entry.get('action', 'dropped')}"))
+    if flagged:
+        return Markup('<span class="contaminated">contaminated</span>')
+    return Markup("clean" if isinstance(entry, dict) else MISSING)
 
 
 def section_eval(view: RunView) -> str:
@@ -205,6 +217,7 @@ def section_eval(view: RunView) -> str:
             parts.append(absent(f"{step.node}: no readable eval_results ({step.path})"))
             continue
         models = list(dict.fromkeys(r["model"] for r in rows))
+        marks = (read_json(step.path / "pins.json") or {}).get("contamination") or {}
         by_key: dict[tuple[str, str], dict[str, dict]] = {}
         for row in rows:
             by_key.setdefault((row["benchmark"], row["metric"]), {})[row["model"]] = row
@@ -213,16 +226,11 @@ def section_eval(view: RunView) -> str:
             line = [benchmark, metric]
             for model in models:
                 row = cells.get(model)
-                if row is None:
-                    line.append(MISSING)
-                    continue
-                mark = (' <span class="contaminated" title="benchmark items overlap the training '
-                        'data">contaminated</span>') if _contaminated(row) else ""
-                line.append(Markup(f"{esc(_num(row['score'], 2))} <small>(n={row['num_items']})"
-                                   f"</small>{mark}"))
-            body.append(line)
+                line.append(MISSING if row is None else Markup(
+                    f"{esc(_num(row['score'], 2))} <small>(n={row['num_items']})</small>"))
+            body.append(line + [_contamination(benchmark, list(cells.values()), marks)])
         parts.append(f"<h3>{esc(step.node)} <code>{esc(step.step_id)}</code></h3>"
-                     + table(["benchmark", "metric", *models], body)
+                     + table(["benchmark", "metric", *models, "contamination"], body)
                      + "".join(png_tag(p, p.stem) for p in sorted(step.path.glob("*.png"))))
     return "\n".join(parts) or absent("not in this run (no eval step)")
 
@@ -244,9 +252,14 @@ def section_deploy(view: RunView) -> str:
 def section_agent(view: RunView) -> str:
     parts = []
     for step in view.of_kind("agent"):
-        results = agent_results(step)
-        body = (f"<pre>{esc(json.dumps(results, indent=2, sort_keys=True)[:6000])}</pre>"
-                if results else absent("no results.json in this artifact"))
+        table_rows = [r for r in agent_results(step).get("results") or [] if isinstance(r, dict)]
+        if table_rows:
+            columns = list(dict.fromkeys(k for r in table_rows for k in r))
+            body = table(columns, [[MISSING if r.get(c) is None else r.get(c) for c in columns]
+                                   for r in table_rows])
+        else:
+            body = absent("no results.json in this artifact")
+        body += png_tag(step.path / "results.png", "agent success rate with and without tools")
         trajectories = read_jsonl(step.path / "trajectories.jsonl")[:TRAJECTORIES_SHOWN]
         for i, record in enumerate(trajectories):
             body += (f"<details><summary>trajectory {i + 1}</summary><pre>"
