@@ -1,0 +1,103 @@
+"""Real OpenCompass runs in the eval environment, through the stage's worker entry point."""
+import json
+
+import pytest
+from eval_testing import BENCHMARKS, CannedServer, last_error, results, run_stage
+
+pytestmark = pytest.mark.slow
+
+
+def test_endpoint_scores_exactly_k_of_n_on_every_benchmark(eval_python, tool_tasks, eval_tokenizer, tmp_path):
+    """A canned server answers the first 5 of 8 items of each benchmark right (gold from the
+    original files): every benchmark and both tool-use metrics must score exactly 62.5, so a
+    loader or conversion that mis-reads a file (MMLU's header row, answers 0-3) cannot hide."""
+    heldout = [json.loads(line) for line in (tool_tasks / "tasks" / "heldout.jsonl").read_text().splitlines()]
+    with CannedServer(right=5, tool_tasks=heldout) as server:
+        out = tmp_path / "eval"
+        result = run_stage(eval_python, out, {
+            "benchmarks": BENCHMARKS, "max_items": 8, "endpoint": server.url,
+            "endpoint_tokenizer": str(eval_tokenizer), "max_new_tokens": 32},
+            {"tasks": str(tool_tasks)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert not server.unknown, f"prompts the server could not match: {server.unknown[:3]}"
+    scores = results(out)
+    for bench in BENCHMARKS:
+        assert scores[("endpoint", f"{bench['name']}/gen", "accuracy")] == 62.5, bench["name"]
+    assert scores[("endpoint", "tool_use/gen", "format_validity")] == 62.5
+    assert scores[("endpoint", "tool_use/gen", "exact_expression")] == 62.5
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["num_items"] for r in rows} == {8}
+    pins = json.loads((out / "pins.json").read_text())["rows"]
+    assert all(p["pins"]["model_id"] == f"url:{server.url}" and p["pins"]["engine"] == "openai-api"
+               for p in pins)
+    assert (out / "opencompass" / "config.py").is_file()
+
+
+def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_artifacts, tool_tasks,
+                                                         corpus, tmp_path):
+    """ONE OpenCompass run: the base model on MMLU by perplexity, both on GSM8K by generation, the
+    chat model on the tool-use task with its chat template; held-out perplexity and bits per
+    byte for both; contamination from the corpus' findings beside the scores."""
+    out = tmp_path / "eval"
+    benchmarks = [b for b in BENCHMARKS if b["name"] in ("gsm8k", "mmlu")]
+    result = run_stage(eval_python, out, {"benchmarks": benchmarks, "max_items": 3,
+                                          "max_new_tokens": 8, "tool_max_items": 3},
+                       {"models": [str(model_artifacts["pretrain"]), str(model_artifacts["tune"])],
+                        "corpus": str(corpus), "tasks": str(tool_tasks)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    scores = results(out)
+    assert ("pretrain", "mmlu/ppl", "accuracy") in scores
+    assert ("tune", "mmlu/gen", "accuracy") in scores
+    assert ("pretrain", "gsm8k/gen", "accuracy") in scores and ("tune", "gsm8k/gen", "accuracy") in scores
+    assert ("tune", "tool_use/gen", "format_validity") in scores
+    assert ("pretrain", "tool_use/gen", "format_validity") not in scores  # base model: no chat task
+    for model in ("pretrain", "tune"):
+        bpb = scores[(model, "heldout", "bits_per_byte")]
+        ppl = scores[(model, "heldout", "perplexity")]
+        # a random model over a 512-token vocabulary: perplexity near 512, and bits per byte > 0
+        assert 100 < ppl < 2000 and bpb > 0
+    run_dirs = [p for p in (out / "opencompass").iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1  # one OpenCompass run
+    assert (run_dirs[0] / "predictions" / "tune" / "tool_use-gen.json").is_file()
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0] == "benchmark,metric,items,contamination,pretrain,tune"
+    gsm8k_row = next(line for line in csv_lines if line.startswith("gsm8k/gen"))
+    assert "CONTAMINATED (2 items found, kept)" in gsm8k_row
+    assert ",clean," in next(line for line in csv_lines if line.startswith("mmlu/ppl"))
+    assert (out / "results.png").stat().st_size > 1000
+    assert "| gsm8k/gen | accuracy | 3 | CONTAMINATED" in (out / "results.md").read_text()
+
+
+def test_bad_inputs_fail_clearly_and_leave_no_results(eval_python, model_artifacts, eval_tokenizer, tmp_path):
+    missing = run_stage(eval_python, tmp_path / "missing", {
+        "benchmarks": [{"name": "gsm8k", "path": str(tmp_path / "nope.jsonl")}]},
+        {"models": [str(model_artifacts["pretrain"])]})
+    assert missing.returncode != 0
+    assert f"benchmarks[gsm8k].path: {tmp_path / 'nope.jsonl'} matches no file" in last_error(missing)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": broken\n')
+    malformed = run_stage(eval_python, tmp_path / "malformed", {
+        "benchmarks": [{"name": "gsm8k", "path": str(bad)}]}, {"models": [str(model_artifacts["pretrain"])]})
+    assert malformed.returncode != 0 and f"{bad}:2: not valid JSON" in last_error(malformed)
+
+    down = run_stage(eval_python, tmp_path / "down", {
+        "benchmarks": [], "endpoint": "http://127.0.0.1:9/v1", "endpoint_retries": 2,
+        "endpoint_tokenizer": str(eval_tokenizer)}, {})
+    assert down.returncode != 0
+    assert "EndpointError: endpoint http://127.0.0.1:9/v1 did not answer" in last_error(down)
+    assert "retry 2/2" in down.stderr  # backed off before giving up
+
+    for result, name in ((missing, "missing"), (malformed, "malformed"), (down, "down")):
+        assert not (tmp_path / name / "results.json").exists(), name
+
+
+def test_chat_evaluation_of_a_model_without_chat_template_is_refused(eval_python, eval_tokenizer, tmp_path):
+    from eval_testing import build_model, write_artifact
+
+    artifact = write_artifact(tmp_path / "tune", "tune", "tune", "tune-nochat", {"hf_model": "hf"})
+    build_model(artifact / "hf", eval_tokenizer, chat_template=False)
+    result = run_stage(eval_python, tmp_path / "out", {"benchmarks": []}, {"models": [str(artifact)]})
+    assert result.returncode != 0
+    assert "the tokenizer has no chat template" in last_error(result)
+    assert not (tmp_path / "out" / "results.json").exists()
