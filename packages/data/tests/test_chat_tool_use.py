@@ -47,7 +47,10 @@ def tasks():
 
 def test_same_seed_same_bytes_other_seed_other_tasks(tasks):
     again = generate(CONFIG, seed=1234)
-    dump = lambda split: "".join(json.dumps(conversation(t, "calculator")) + "\n" for t in split)
+
+    def dump(split):
+        return "".join(json.dumps(conversation(t, "calculator")) + "\n" for t in split)
+
     assert dump(tasks["train"]) + dump(tasks["heldout"]) == dump(again["train"]) + dump(again["heldout"])
     other = generate(CONFIG, seed=99)
     assert [t["question"] for t in other["train"]] != [t["question"] for t in tasks["train"]]
@@ -133,3 +136,20 @@ def test_evaluate_is_exact():
     assert evaluate("(631 + 244) / 7") == 125 and evaluate("1 / 3") == Fraction(1, 3)
     with pytest.raises(ValueError, match="division by zero"):
         evaluate("5 / (3 - 3)")
+
+
+def test_schema_fraction_keeps_the_schema_in_a_seeded_share_of_training_conversations(tasks):
+    from fullchain.data.chat.tool_use import TOOLS, shows_schema
+
+    with pytest.raises(ValueError, match=r"^schema_fraction:"):
+        ToolUseConfig(schema_fraction=0.0)
+    cfg = ToolUseConfig(schema_fraction=0.25)
+    ids = [t["id"] for t in tasks["train"]]
+    shown = [shows_schema(i, cfg, 1234) for i in ids]
+    assert shown == [shows_schema(i, cfg, 1234) for i in ids]  # seeded: the same every time
+    assert 0.15 < sum(shown) / len(shown) < 0.35
+    assert all(shows_schema(i, ToolUseConfig(), 1234) for i in ids)  # the default: all of them
+    task = tasks["train"][0]
+    with_schema, without = conversation(task, "calculator"), conversation(task, "calculator", False)
+    assert with_schema["tools"] == [TOOLS["calculator"]] and "tools" not in without
+    assert with_schema["messages"] == without["messages"]

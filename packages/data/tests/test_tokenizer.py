@@ -75,6 +75,24 @@ def test_round_trip_english_and_chinese(trained):
     assert info.vocab_size == len(hf) == 600
 
 
+def test_digits_are_single_tokens_even_when_numbers_repeat(tmp_path):
+    """A corpus full of the same numbers would merge them under plain byte-level BPE; the digit
+    pre-tokenizer keeps every digit its own token (and decode still round-trips)."""
+    from fullchain.data.tokenizer import save_hf, train_bpe
+    from transformers import AutoTokenizer
+
+    cfg = TokenizerConfig(vocab_size=400, min_frequency=2)
+    texts = [f"In 2024 we sold 37 * 48 = 1776 units, then 2024 again ({i})." for i in range(200)]
+    info = save_hf(cfg, train_bpe(cfg, iter(texts)), tmp_path / "tokenizer")
+    hf = AutoTokenizer.from_pretrained(str(info.directory))
+    text = "Sold 2024 units at 37 each, 1776 in all."
+    ids = hf(text, add_special_tokens=False)["input_ids"]
+    pieces = [hf.decode([i]) for i in ids]
+    digits = [p for p in pieces if any(c.isdigit() for c in p)]
+    assert digits == list("2024" "37" "1776"), pieces
+    assert hf.decode(ids) == text
+
+
 def test_special_tokens_have_stable_single_ids(trained):
     from transformers import AutoTokenizer
 

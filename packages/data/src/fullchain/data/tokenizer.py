@@ -1,7 +1,9 @@
 """Train (or load) the tokenizer and save it in Hugging Face format inside the artifact.
 
 A trained tokenizer is GPT-2 style byte-level BPE (every string encodes, nothing is ever
-<unk>) behind an NFC normaliser, with the special tokens added first so that their ids are
+<unk>) behind an NFC normaliser, with every digit its own pre-token (numbers are read and
+written one digit at a time, as in Llama and Qwen: a small model copies and computes with
+digits far more easily than with merged digit runs), with the special tokens added first so that their ids are
 0..n-1 whatever the corpus: the end-of-document id the packed data is written with is fixed
 by the config alone.
 
@@ -51,9 +53,13 @@ def train_bpe(cfg: TokenizerConfig, texts: Iterable[str]):
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
-    # add_prefix_space=False: a document's first word is encoded as written, so that
-    # decode(encode(x)) == NFC(x) holds exactly.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits first: "1234" is four pre-tokens, so no merge ever joins two digits. Then the GPT-2
+    # byte-level split; add_prefix_space=False: a document's first word is encoded as written, so
+    # that decode(encode(x)) == NFC(x) holds exactly.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,

@@ -10,7 +10,7 @@ real chat template), so changing anything here never changes the corpus's or pre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from fullchain.core.contracts import Role, Stage
 from fullchain.data.config import SOURCE_NAME, DecontaminationConfig
@@ -36,7 +36,7 @@ class ChatSourceConfig:
     weight: float = 1.0
     """Passes over this source in the train split after dedup: 2 repeats every record twice, 0.5
     keeps a seeded half (valid split records are never repeated)."""
-    max_records: Optional[int] = None
+    max_records: int | None = None
     """Read at most this many records (in file order), before validation and dedup."""
 
     def __post_init__(self) -> None:
@@ -72,8 +72,16 @@ class ToolUseConfig:
     """Largest operand drawn (operands are 2..max_operand; answers are exact integers)."""
     weight: float = 1.0
     """Passes over the synthetic train tasks in the train split (as for a source)."""
+    schema_fraction: float = 1.0
+    """Share of the training conversations that carry the tool's schema (`tools`, which the chat
+    template writes into the system turn: ~280 of a ~460-token conversation with the tiny demo's
+    tokenizer); the others have the system prompt alone, so SFT on them costs under half as much.
+    Chosen per task by the seed; held-out conversations always carry it."""
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.schema_fraction <= 1.0:
+            raise ValueError(f"schema_fraction: {self.schema_fraction} must be in (0, 1] (some "
+                             "training conversations must show the tool schema)")
         if self.train_tasks < 1 or self.heldout_tasks < 0:
             raise ValueError(f"train_tasks: {self.train_tasks} must be >= 1 (and heldout_tasks >= 0)")
         if self.heldout_wordings < 1:
@@ -95,7 +103,7 @@ class ChatDataConfig:
     (`prompt` / `chosen` / `rejected`)."""
     sources: list[ChatSourceConfig] = field(default_factory=list)
     """Conversation files, each read by its format into the canonical schema."""
-    tool_use: Optional[ToolUseConfig] = field(default_factory=ToolUseConfig)
+    tool_use: ToolUseConfig | None = field(default_factory=ToolUseConfig)
     """The synthetic tool-use task (messages sets only); null for none."""
     valid_fraction: float = 0.05
     """Share of each source's records (by a seeded hash of the record id) in the valid split."""

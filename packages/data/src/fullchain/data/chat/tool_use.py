@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import ast
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Union
+from typing import Any
 
 from fullchain.data.chat.config import ToolUseConfig
 
-Tree = Union[str, tuple]  # an operand name, or (operator, left, right)
+Tree = str | tuple  # an operand name, or (operator, left, right)
 
 SYSTEM_PROMPT = ("You are a careful assistant. Use the tool for every arithmetic step, then give "
                  "the final answer as 'The answer is N.'")
@@ -230,8 +231,9 @@ def make_task(family: Family, wording: int, rng: random.Random, top: int) -> dic
             "family": family.name, "wording": f"{family.name}/{wording}", "steps": len(steps)}
 
 
-def conversation(task: dict[str, Any], tool: str) -> dict[str, Any]:
-    """The SFT conversation solving `task`: one tool call per operation, then the answer."""
+def conversation(task: dict[str, Any], tool: str, schema: bool = True) -> dict[str, Any]:
+    """The SFT conversation solving `task`: one tool call per operation, then the answer; with the
+    tool's schema in `tools` unless `schema` is False (see ToolUseConfig.schema_fraction)."""
     family = next(f for f in FAMILIES if f.name == task["family"])
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
                                       {"role": "user", "content": task["question"]}]
@@ -244,7 +246,14 @@ def conversation(task: dict[str, Any], tool: str) -> dict[str, Any]:
                          "tool_calls": [{"type": "function", "function": {"name": tool, "arguments": arguments}}]})
         messages.append({"role": "tool", "content": number(value)})
     messages.append({"role": "assistant", "content": f"The answer is {task['answer']}."})
-    return {"id": task["id"], "source": "tool_use", "messages": messages, "tools": [TOOLS[tool]]}
+    record = {"id": task["id"], "source": "tool_use", "messages": messages}
+    return {**record, "tools": [TOOLS[tool]]} if schema else record
+
+
+def shows_schema(task_id: str, cfg: ToolUseConfig, seed: int) -> bool:
+    """Whether the training conversation of `task_id` carries the tool schema (seeded per id)."""
+    return (cfg.schema_fraction >= 1.0
+            or random.Random(f"schema:{seed}:{task_id}").random() < cfg.schema_fraction)
 
 
 def _operands(family: Family, expression: str) -> dict[str, int]:
@@ -303,4 +312,4 @@ def task_file_extra(cfg: ToolUseConfig, seed: int) -> dict[str, Any]:
             "answer_format": "The answer is N.", "answer_type": "exact integer, plain digits"}
 
 
-__all__ = ["FAMILIES", "TOOLS", "SYSTEM_PROMPT", "evaluate", "generate", "conversation"]
+__all__ = ["FAMILIES", "TOOLS", "SYSTEM_PROMPT", "evaluate", "generate", "conversation", "shows_schema"]
