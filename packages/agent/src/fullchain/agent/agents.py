@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fullchain.agent.llm import OpenAIChat, ServerRefused
-from fullchain.agent.tools import to_openai_tool
+from fullchain.agent.tools import canonical_tool, to_openai_tool
 from lagent.actions import ActionExecutor, BaseAction
 from lagent.agents import BaseAgent, ReAct
 from lagent.agents.react import ReActProtocol
@@ -146,8 +146,8 @@ class FunctionCallingAgent(BaseAgent):
                  tools: list[dict[str, Any]] | None = None):
         super().__init__(llm=llm, action_executor=action_executor, protocol=None)
         self.max_turns = max_turns
-        self.tools = tools if tools is not None else [
-            to_openai_tool(a) for a in action_executor.actions.values() if a.enable]
+        self.tools = canonical_tool(tools if tools is not None else [
+            to_openai_tool(a) for a in action_executor.actions.values() if a.enable])
         """What the model is shown (default: every action's schema; the task set's own schemas
         when given, so the model sees exactly the tools it was trained with)."""
 
@@ -199,7 +199,14 @@ class FunctionCallingAgent(BaseAgent):
 
 
 def _as_text(arguments: Any) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+    """Arguments as JSON text spaced the way the chat template's `tojson` writes a dict (what the
+    SFT data renders: `{"expression": "37 * 48"}`), whatever spacing the server returned."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    return json.dumps(arguments, ensure_ascii=False)
 
 
 def _account(episode: Episode, reply) -> None:

@@ -47,9 +47,10 @@ class AgentConfig:
     """react: Lagent's ReAct text protocol (Thought / Action / Action Input / Final Answer);
     function_calling: OpenAI `tools` in, `tool_calls` out (the Hermes <tool_call> format the chat
     template renders and the tuned model was trained on)."""
-    endpoint: str | None = field(default=None, metadata=_NOT_HASHED)
-    """OpenAI-compatible base URL (`http://127.0.0.1:8000/v1`) instead of the `endpoint` input."""
-    model: str | None = field(default=None, metadata=_NOT_HASHED)
+    endpoint: str | None = None
+    """OpenAI-compatible base URL (`http://127.0.0.1:8000/v1`) instead of the `endpoint` input
+    (hashed as text: a different model behind the same URL needs `force=[agent]`)."""
+    model: str | None = None
     """Model name in requests (default: the deployment's, or the server's first /v1/models)."""
     tools: list[str] = field(default_factory=lambda: ["calculator", "python"])
     """Tools offered on gsm8k and task files (heldout offers the tools its conversations were

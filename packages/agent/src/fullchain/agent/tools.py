@@ -338,3 +338,26 @@ def declared_tool(tool: dict[str, Any], fn: Callable[..., Any] | None = None) ->
     """An action for an OpenAI tool schema, running `fn` (default: none to run; the call is
     recorded and answered "ok": BFCL scores the call itself)."""
     return FunctionTool(fn or (lambda **_: "ok"), description=from_openai_tool(tool))
+
+
+_KEY_ORDER = ("type", "function", "name", "description", "enum", "properties", "items", "required")
+
+
+def canonical_tool(value: Any) -> Any:
+    """A tool schema with its keys in OpenAI's documented order (type, function; name,
+    description, parameters; type, description, properties, items, required), recursively.
+    The chat template renders the schema with `tojson`, which keeps key order, so this is the
+    text the SFT conversations trained on even when a file stored it with sorted keys."""
+    if isinstance(value, list):
+        return [canonical_tool(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    rank = {key: i for i, key in enumerate(_KEY_ORDER)}
+    keys = sorted(value, key=lambda k: (rank.get(k, len(_KEY_ORDER)), list(value).index(k)))
+    if "parameters" in value:  # name, description, parameters (then anything else)
+        keys = [k for k in keys if k != "parameters"]
+        keys.insert(min(len(keys), sum(k in ("name", "description") for k in value)), "parameters")
+    return {k: value[k] if k in ("enum", "required")
+            else {name: canonical_tool(v) for name, v in value[k].items()}  # parameter names stay
+            if k == "properties" and isinstance(value[k], dict) else canonical_tool(value[k])
+            for k in keys}
