@@ -25,6 +25,8 @@ def tiny_report(tiny_run):
 
     if not reused_runs():
         fullchain("run", "experiment=tiny", "env=current", env=env)
+    assert reused_runs(), ("the second run of experiment=tiny did not reuse every step (did the "
+                           f"code change while the test ran?): {sorted((root / 'runs').iterdir())}")
     latest = reused_runs()[-1]
     result = fullchain("report", str(latest), env=env)
     return root, latest, result

@@ -90,11 +90,14 @@ def test_rules_path_gzip_and_timing(tmp_path):
     first, second = gzip.compress(plain, mtime=1), gzip.compress(line.format(b).encode(), mtime=2)
     assert _pair(tmp_path, "work/b.jsonl.gz", first, second)[0] == (True, "gzip+path")
     # metrics: wall-clock keys out, every other value exact
-    rows = [{"step": 5, "loss": 6.99, "step_time": 0.24, "tokens_per_second": 14806.8}]
-    again = [{**rows[0], "step_time": 0.28, "tokens_per_second": 12688.9}]
+    # (HF Trainer's final evaluation row: eval_runtime, eval_samples_per_second)
+    rows = [{"step": 5, "loss": 6.99, "step_time": 0.24, "tokens_per_second": 14806.8},
+            {"step": 82, "eval_loss": 0.61, "eval_runtime": 2.17, "eval_samples_per_second": 10.6}]
+    again = [{**rows[0], "step_time": 0.28, "tokens_per_second": 12688.9},
+             {**rows[1], "eval_runtime": 11.03, "eval_samples_per_second": 2.09}]
     as_jsonl = lambda rs: "".join(json.dumps(r) + "\n" for r in rs).encode()  # noqa: E731
     assert _pair(tmp_path, "metrics.jsonl", as_jsonl(rows), as_jsonl(again))[0] == (True, "timing")
-    worse = [{**again[0], "loss": 6.98}]
+    worse = [{**again[0], "loss": 6.98}, again[1]]
     assert _pair(tmp_path, "metrics.jsonl", as_jsonl(rows), as_jsonl(worse))[0] \
         == (False, "values differ")
     assert _pair(tmp_path, "w.bin", b"\x00\x01", b"\x00\x02")[0] == (False, "bytes differ")

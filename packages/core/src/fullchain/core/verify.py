@@ -19,7 +19,8 @@ rule may still call the file reproduced, and the table names the rule:
 - `gzip`: the decompressed contents are equal (after `path`); the gzip header stamps the time
   the file was written.
 - `timing`: a JSON or JSONL file is equal with its wall-clock keys left out (TIMING_KEY:
-  `*_time`, `*seconds`, `*_s`, `*per_second*`, `mfu`, `*_at`), every other value exact.
+  `*_time`, `*runtime`, `*seconds`, `*_s`, `*per_second*`, `mfu`, `*_at`), every other value
+  exact.
 - `dcp-metadata`: a torch distributed checkpoint's `.metadata` is equal with its
   `storage_meta` left out (it holds a random `save_id` and the checkpoint's path); the tensor
   shards (`*.distcp`) themselves are compared by bytes.
@@ -45,7 +46,7 @@ from fullchain.core.config import ConfigError
 
 log = logging.getLogger("fullchain")
 
-TIMING_KEY = re.compile(r"(_time|seconds|_s|_at)$|per_second|^mfu$")
+TIMING_KEY = re.compile(r"(_time|runtime|seconds|_s|_at)$|per_second|^mfu$")
 """Keys whose values are wall-clock measurements, left out by the `timing` rule."""
 
 
