@@ -57,8 +57,8 @@ class AgentConfig:
     trained with; BFCL its own functions). One of: calculator, python, search."""
     max_turns: int = 6
     """Model replies per task; a task not answered by then is a scored failure."""
-    max_tokens: int = 64
-    """Tokens per model reply."""
+    max_tokens: int = 96
+    """Tokens per model reply (a calculator call is ~50 tokens with digits split one by one)."""
     temperature: float = 0.0
     """Sampling temperature (0: greedy)."""
     task_sets: dict[str, int] = field(default_factory=lambda: {
@@ -84,6 +84,8 @@ class AgentConfig:
             raise ValueError(f"task_sets: unknown {unknown}; known: {list(TASK_SETS)}")
         if any(not isinstance(n, int) or n < 0 for n in self.task_sets.values()):
             raise ValueError(f"task_sets: counts must be integers >= 0, got {dict(self.task_sets)}")
+        if "file" in self.task_sets and not self.tasks:
+            raise ValueError("task_sets.file: set agent.tasks=<file.jsonl> (question, answer) for it")
         if self.max_turns < 1 or self.max_tokens < 1:
             raise ValueError("max_turns and max_tokens must be >= 1")
 
