@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from fullchain.core import services
     from fullchain.core.contracts import read_deployment
 
-    path = _locate(args.target, args.store)
+    path = _locate(args.target, args.store).resolve()  # the serve command runs in the artifact dir
     deployment = read_deployment(path)
     print(f"starting {deployment.engine} server for {path} ...", flush=True)
     running = services.start("chat", path, path / "logs" / "chat-service", dict(os.environ), port=0)
