@@ -18,13 +18,16 @@ ABSENT_UNLESS = {"eval": "eval", "deploy": "deploy", "agent": "agent"}
 def tiny_report(tiny_run):
     root, env, _ = tiny_run
     # a second run of the same spec (every step reused) gives the report its reuse ratio; the
-    # e2e test's own second run serves when it ran first
-    def reused_runs():
+    # fixture's own second run serves when it made one
+    def runs(status):
         return [p.parent for p in sorted((root / "runs").glob("*/run.json"))
-                if {s["status"] for s in json.loads(p.read_text())["steps"]} == {"reused"}]
+                if {s["status"] for s in json.loads(p.read_text())["steps"]} == {status}]
+
+    def reused_runs():
+        return runs("reused")
 
     if not reused_runs():
-        fullchain("run", "experiment=tiny", "env=current", env=env)
+        fullchain("run", "--spec", str(runs("ran")[-1] / "spec.yaml"), env=env)
     assert reused_runs(), ("the second run of experiment=tiny did not reuse every step (did the "
                            f"code change while the test ran?): {sorted((root / 'runs').iterdir())}")
     latest = reused_runs()[-1]
