@@ -101,3 +101,45 @@ def test_chat_evaluation_of_a_model_without_chat_template_is_refused(eval_python
     assert result.returncode != 0
     assert "the tokenizer has no chat template" in last_error(result)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+SLURM_CHECK = r"""
+import json, sys
+from pathlib import Path
+from mmengine.config import Config
+from opencompass.registry import RUNNERS
+from opencompass.runners import SlurmRunner
+from fullchain.core.config import to_dataclass
+from fullchain.eval.benchmarks import convert
+from fullchain.eval.config import EvalConfig
+from fullchain.eval.translate import ModelSpec, render_config, to_opencompass_config
+
+out = Path(sys.argv[1])
+cfg = to_dataclass(EvalConfig, {"runner": "slurm", "slurm_partition": "gpu", "max_num_workers": 4}, "eval")
+bench = convert("arc_easy", sys.argv[2], out / "data", 4)
+model = ModelSpec(name="m", kind="base", path=sys.argv[3], tokenizer=sys.argv[3])
+config = to_opencompass_config(cfg, [model], [(bench, "ppl")], None, out / "oc")
+(out / "config.py").write_text(render_config(config))
+loaded = Config.fromfile(str(out / "config.py"))
+runner = RUNNERS.build(loaded.infer.runner)
+print(json.dumps({"type": type(runner).__name__, "partition": runner.partition,
+                  "workers": runner.max_num_workers, "slurm": isinstance(runner, SlurmRunner),
+                  "task": getattr(loaded.eval.runner.task.type, "__name__", str(loaded.eval.runner.task.type)),
+                  "datasets": [d.abbr for d in loaded.datasets]}))
+"""
+
+
+def test_slurm_runner_config_is_produced(eval_python, model_artifacts, tmp_path):
+    """runner=slurm: the written OpenCompass config loads and builds OpenCompass's SlurmRunner
+    with the partition (no cluster here: the config is what is tested)."""
+    import subprocess
+
+    from eval_testing import SHARED_DATA
+
+    result = subprocess.run([str(eval_python), "-c", SLURM_CHECK, str(tmp_path),
+                             f"{SHARED_DATA}/arc/arc_easy.jsonl", str(model_artifacts["pretrain"] / "hf")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    built = json.loads(result.stdout.strip().splitlines()[-1])
+    assert built == {"type": "SlurmRunner", "partition": "gpu", "workers": 4, "slurm": True,
+                     "task": "OpenICLEvalTask", "datasets": ["arc_easy-ppl"]}
