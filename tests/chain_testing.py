@@ -1,6 +1,8 @@
 """Shared fixtures of the cross-package tests (a uniquely named module: several test folders are
 collected in one pytest run). `tiny_run` is the README's demo through the real CLI, once per
-session: the end-to-end test and the contract tests read the artifacts it wrote."""
+session and shortened for CI (TINY: a short tune and load test; `bash tools/demo.sh` is the full
+length), then run again: every step reused. The end-to-end, contract and report tests read the
+artifacts and run records it wrote."""
 import os
 import subprocess
 import sys
@@ -9,6 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# experiment=tiny shortened: 60 pretrain steps (of 200), the tune step on the first 160 training
+# conversations for one pass (~20 packed steps), a 2-second load test per concurrency level;
+# data, chat_data and deploy are the demo's own. env=current: the stages run with this
+# interpreter.
+TINY = ("experiment=tiny", "env=current", "pretrain.schedule.train_iters=60",
+        "pretrain.schedule.warmup_iters=6", "++tune.max_train_records=160", "tune.schedule.epochs=1",
+        "tune.schedule.warmup_iters=2", "deploy.bench.duration_s=2")
 
 
 def fullchain(*args, env, check=True, timeout=1800):
@@ -20,13 +30,21 @@ def fullchain(*args, env, check=True, timeout=1800):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_runs(tmp_path_factory):
+    """(root, env, first run, second run) of the shortened demo in a fresh store under root."""
     root = tmp_path_factory.mktemp("e2e")
     env = dict(os.environ, FULLCHAIN_STORE=str(root / "artifacts"), FULLCHAIN_RUNS=str(root / "runs"),
                FULLCHAIN_CACHE=str(root / "cache"))
-    # env=current: the stages run with this interpreter (the test's own environment)
-    first = fullchain("run", "experiment=tiny", "env=current", env=env)
-    return root, env, first
+    first = fullchain("run", *TINY, env=env)
+    second = fullchain("run", *TINY, env=env)
+    return root, env, first, second
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_runs):
+    """(root, env, first run): the store and run records the report's test reads too (the second,
+    all-reused run gives it the reuse ratio)."""
+    return tiny_runs[:3]
 
 
 def artifact_dir(root: Path, stage: str) -> Path:

@@ -1,45 +1,88 @@
-"""The tiny end-to-end run through the real CLI, as the README's demo does it: corpus (the
-Python standard library) -> data -> pretrain, and the synthetic tool-use conversations
-(chat_data) with the data step's tokenizer; then a second run that reuses every step."""
+"""The tiny end-to-end run through the real CLI, as the README's demo does it (shortened: see
+chain_testing.TINY): corpus (the Python standard library) -> data -> pretrain -> tune on the
+synthetic tool-use conversations (chat_data, with the data step's tokenizer) -> deploy (served on
+the CPU engine, smoke and load test); every node's manifest and contract checked; then a second
+run that reuses every step."""
 import json
+import math
 
 import pytest
-from chain_testing import fullchain
+from chain_testing import TINY, fullchain
 
 pytestmark = pytest.mark.e2e
 
+NODES = {"data": "data", "chat_data": "data.chat", "pretrain": "pretrain", "tune": "tune",
+         "deploy": "deploy"}
+CONTRACTS = {"data": {"packed_corpus", "tokenizer"}, "data.chat": {"conversations", "tool_tasks"},
+             "pretrain": {"megatron_checkpoint", "hf_model"}, "tune": {"hf_model"},
+             "deploy": {"deployment"}}
+# node -> {role: upstream node}
+LINEAGE = {"chat_data": {"tokenizer": "data"}, "pretrain": {"corpus": "data"},
+           "tune": {"model": "pretrain", "conversations": "chat_data"}, "deploy": {"model": "tune"}}
 
-def test_first_run_makes_every_artifact(tiny_run):
+
+def manifests(root) -> dict[str, dict]:
+    out = {}
+    for stage in set(NODES.values()):
+        (path,) = (root / "artifacts" / stage).glob("*/manifest.json")
+        manifest = json.loads(path.read_text())
+        manifest["_dir"] = path.parent
+        out[manifest["node"]] = manifest
+    return out
+
+
+def test_first_run_makes_every_artifact_with_its_contracts_and_lineage(tiny_run):
+    from fullchain.core.artifact import Artifact
+    from fullchain.core.contracts import read
+
     root, _, first = tiny_run
-    assert "3 step(s) ran, 0 reused" in first.stderr
-    (data,) = (root / "artifacts" / "data").glob("*/manifest.json")
-    (pretrain,) = (root / "artifacts" / "pretrain").glob("*/manifest.json")
-    data_m, pre_m = json.loads(data.read_text()), json.loads(pretrain.read_text())
-    assert pre_m["inputs"]["corpus"]["step_id"] == data_m["step_id"]
-    assert pre_m["inputs"]["corpus"]["node"] == "data"
-    assert set(pre_m["contracts"]) == {"megatron_checkpoint", "hf_model"}
-    assert pre_m["placement"] == {"world_size": 1, "accelerator": "cpu", "device_count": 0,
-                                  "transformer_engine": False}
-    assert pre_m["config"]["precision"] == "fp32" and pre_m["config"]["transformer_impl"] == "local"
-    assert (data.parent / "dataset.json").is_file() and (data.parent / "tokenizer").is_dir()
-    assert (pretrain.parent / "hf" / "config.json").is_file()
-    assert data_m["environment"]["packages"]["megatron-core"]
+    assert f"{len(NODES)} step(s) ran, 0 reused" in first.stderr, first.stderr[-3000:]
+    found = manifests(root)
+    assert set(found) == set(NODES)
+    for node, manifest in found.items():
+        assert manifest["stage"] == NODES[node]
+        assert set(manifest["contracts"]) == CONTRACTS[manifest["stage"]], node
+        for role, upstream in LINEAGE.get(node, {}).items():
+            assert manifest["inputs"][role]["node"] == upstream, (node, role)
+            assert manifest["inputs"][role]["step_id"] == found[upstream]["step_id"], (node, role)
+        # each contract's reader accepts the artifact (the reader validates what it reads)
+        for type_name in manifest["contracts"]:
+            read(Artifact.load(manifest["_dir"]), type_name)
+    pre = found["pretrain"]
+    assert pre["placement"] == {"world_size": 1, "accelerator": "cpu", "device_count": 0,
+                                "transformer_engine": False}
+    assert pre["config"]["precision"] == "fp32" and pre["config"]["transformer_impl"] == "local"
+    assert pre["config"]["model"]["hidden_size"] // pre["config"]["model"]["num_attention_heads"] == 32
+    assert found["data"]["environment"]["packages"]["megatron-core"]
 
 
-def test_second_run_reuses_everything_and_plan_agrees(tiny_run):
-    root, env, _ = tiny_run
-    again = fullchain("run", "experiment=tiny", "env=current", env=env)
-    assert "0 step(s) ran, 3 reused — every step was reused" in again.stderr
-    plan = fullchain("plan", "experiment=tiny", "env=current", env=env).stdout
-    assert "0 to run, 3 cached" in plan
+def test_tokenizer_keeps_digits_apart_and_the_model_learned(tiny_run):
+    from transformers import AutoTokenizer
+
+    root, _, _ = tiny_run
+    found = manifests(root)
+    tokenizer = AutoTokenizer.from_pretrained(str(found["data"]["_dir"] / "tokenizer"))
+    pieces = tokenizer.tokenize("37 * 48 = 1776")
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == list("37481776"), pieces
+    pre = found["pretrain"]["metrics"]
+    # an untrained model predicts ~uniformly: perplexity ~ the (padded) vocabulary; even the CI
+    # run's 60 steps take the held-out perplexity below half of that
+    assert math.exp(pre["val_loss"]) < 0.5 * pre["padded_vocab_size"]
+    tune = found["tune"]["metrics"]
+    assert tune["last_loss"] < tune["first_loss"] and tune["train_dropped"] == 0
+    assert tune["train_records"] == 160 and tune["eval_loss"] < tune["first_loss"]
 
 
-def test_show_traces_the_model_back_to_the_corpus(tiny_run):
-    root, env, _ = tiny_run
-    (pretrain,) = (root / "artifacts" / "pretrain").glob("*/manifest.json")
-    out = fullchain("show", str(pretrain.parent), env=env).stdout
-    assert out.splitlines()[1].startswith("stage      pretrain")
-    assert "    data " in out  # the data step, one level down the lineage
+def test_deploy_served_the_tuned_model_and_load_tested_it(tiny_run):
+    root, _, _ = tiny_run
+    deploy = manifests(root)["deploy"]
+    metrics = deploy["metrics"]
+    assert metrics["smoke_tool_calls"] >= 0 and metrics["startup_s"] > 0
+    for c in (1, 8):
+        assert metrics[f"bench_c{c}_output_tokens_per_s"] > 0
+        assert metrics[f"bench_c{c}_latency_p50_s"] > 0
+    bench = json.loads((deploy["_dir"] / "bench" / "bench.json").read_text())
+    assert bench
 
 
 def test_chat_data_makes_the_tool_use_conversations_and_tasks(tiny_run):
@@ -47,18 +90,38 @@ def test_chat_data_makes_the_tool_use_conversations_and_tasks(tiny_run):
     from fullchain.core.contracts import read_conversations, read_tool_tasks
 
     root, _, _ = tiny_run
-    (manifest,) = (root / "artifacts" / "data.chat").glob("*/manifest.json")
-    (data,) = (root / "artifacts" / "data").glob("*/manifest.json")
-    chat_m = json.loads(manifest.read_text())
-    assert chat_m["node"] == "chat_data" and chat_m["stage"] == "data.chat"
-    assert chat_m["inputs"]["tokenizer"]["step_id"] == json.loads(data.read_text())["step_id"]
-    assert set(chat_m["contracts"]) == {"conversations", "tool_tasks"}
-    artifact = Artifact.load(manifest.parent)
+    chat = manifests(root)["chat_data"]
+    artifact = Artifact.load(chat["_dir"])
     conversations, tasks = read_conversations(artifact), read_tool_tasks(artifact)
     assert conversations.format == "messages"
-    assert conversations.num_records["train"] + conversations.num_records["valid"] == 400
-    assert conversations.num_records["heldout"] == 100 and tasks.num_tasks == {"train": 400, "heldout": 100}
+    assert conversations.num_records["train"] + conversations.num_records["valid"] == 1000
+    assert conversations.num_records["heldout"] == 100 and tasks.num_tasks == {"train": 1000, "heldout": 100}
     assert sum(not t["wording_seen"] for t in tasks.tasks("heldout")) == 50
-    card = json.loads((manifest.parent / "chat_card.json").read_text())
+    # a quarter of the training conversations show the tool schema; every held-out one does
+    train = list(conversations.records("train"))
+    assert 0.15 < sum("tools" in r for r in train) / len(train) < 0.35
+    assert all("tools" in r for r in conversations.records("heldout"))
+    card = json.loads((chat["_dir"] / "chat_card.json").read_text())
     assert card["tokens"]["train"]["max"] <= card["seq_length"] and card["totals"]["dropped_over_length"] == 0
-    assert chat_m["metrics"]["records"] == conversations.num_records
+    assert chat["metrics"]["records"] == conversations.num_records
+
+
+def test_second_run_reuses_everything_and_plan_agrees(tiny_runs):
+    root, env, first, second = tiny_runs
+    assert f"0 step(s) ran, {len(NODES)} reused — every step was reused" in second.stderr
+    plan = fullchain("plan", *TINY, env=env).stdout
+    assert f"0 to run, {len(NODES)} cached" in plan
+    records = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*/run.json"))]
+    ran = [r for r in records if {s["status"] for s in r["steps"]} == {"ran"}]
+    reused = [r for r in records if {s["status"] for s in r["steps"]} == {"reused"}]
+    ratio = reused[0]["seconds"] / ran[0]["seconds"]
+    print(f"reuse ratio: {ratio:.4f} ({reused[0]['seconds']:.1f} s / {ran[0]['seconds']:.1f} s)")
+    assert ratio < 0.1
+
+
+def test_show_traces_the_tuned_model_back_to_the_corpus(tiny_run):
+    root, env, _ = tiny_run
+    tune = manifests(root)["tune"]
+    out = fullchain("show", str(tune["_dir"]), env=env).stdout
+    assert out.splitlines()[1].startswith("stage      tune")
+    assert "pretrain" in out and "    data " in out
