@@ -11,24 +11,31 @@ def test_endpoint_scores_exactly_k_of_n_on_every_benchmark(eval_python, tool_tas
     """A canned server answers the first 5 of 8 items of each benchmark right (gold from the
     original files): every benchmark and both tool-use metrics must score exactly 62.5, so a
     loader or conversion that mis-reads a file (MMLU's header row, answers 0-3) cannot hide."""
+    from eval_testing import write_artifact
+    from fullchain.core.contracts import Deployment, write_deployment
+
     heldout = [json.loads(line) for line in (tool_tasks / "tasks" / "heldout.jsonl").read_text().splitlines()]
+    # endpoint mode `deploy`: the role's deployment artifact, with the URL the runner would pass
+    deploy = write_artifact(tmp_path / "deploy", "deploy", "deploy", "deploy-00001", {"deployment": "."})
+    write_deployment(deploy, Deployment(engine="canned", model_name="canned", command=["true"],
+                                        source_model=str(eval_tokenizer)))
     with CannedServer(right=5, tool_tasks=heldout) as server:
         out = tmp_path / "eval"
         result = run_stage(eval_python, out, {
-            "benchmarks": BENCHMARKS, "max_items": 8, "endpoint": server.url,
-            "endpoint_tokenizer": str(eval_tokenizer), "max_new_tokens": 32},
-            {"tasks": str(tool_tasks)})
+            "benchmarks": BENCHMARKS, "max_items": 8, "endpoint": "deploy", "max_new_tokens": 32},
+            {"tasks": str(tool_tasks),
+             "endpoint": {"path": str(deploy), "url": server.url.removesuffix("/v1")}})
     assert result.returncode == 0, result.stderr[-4000:]
     assert not server.unknown, f"prompts the server could not match: {server.unknown[:3]}"
     scores = results(out)
     for bench in BENCHMARKS:
-        assert scores[("endpoint", f"{bench['name']}/gen", "accuracy")] == 62.5, bench["name"]
-    assert scores[("endpoint", "tool_use/gen", "format_validity")] == 62.5
-    assert scores[("endpoint", "tool_use/gen", "exact_expression")] == 62.5
+        assert scores[("deploy", f"{bench['name']}/gen", "accuracy")] == 62.5, bench["name"]
+    assert scores[("deploy", "tool_use/gen", "format_validity")] == 62.5
+    assert scores[("deploy", "tool_use/gen", "exact_expression")] == 62.5
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["num_items"] for r in rows} == {8}
     pins = json.loads((out / "pins.json").read_text())["rows"]
-    assert all(p["pins"]["model_id"] == f"url:{server.url}" and p["pins"]["engine"] == "openai-api"
+    assert all(p["pins"]["model_id"] == "step:deploy-00001" and p["pins"]["engine"] == "openai-api"
                for p in pins)
     assert (out / "opencompass" / "config.py").is_file()
 

@@ -21,7 +21,8 @@ class EvalConfig:
     """Seed of the `max_items` draw (the same seed draws the same items)."""
     endpoint: str | None = None
     """Also score a served model over its OpenAI API: `deploy` (the node's `endpoint` role, served
-    by the runner) or a base URL such as http://127.0.0.1:8000/v1. None: HF models only."""
+    by the runner; implied when that role is wired) or a base URL such as
+    http://127.0.0.1:8000/v1. None: HF models only."""
     endpoint_model: str | None = None
     """Model name sent to a URL endpoint (None: the first one its /models lists)."""
     endpoint_tokenizer: str | None = None

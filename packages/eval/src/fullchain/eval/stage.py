@@ -112,10 +112,11 @@ def wait_for_endpoint(url: str, retries: int, first_delay: float = 1.0) -> list[
 
 def endpoint_spec(cfg: EvalConfig, inputs: dict[str, Any], models: list[ModelSpec],
                   out: Path) -> tuple[ModelSpec | None, str]:
-    if cfg.endpoint is None:
+    mode = cfg.endpoint or ("deploy" if "endpoint" in inputs else None)
+    if mode is None:
         return None, ""
     tokenizer = cfg.endpoint_tokenizer
-    if cfg.endpoint == "deploy":
+    if mode == "deploy":
         if "endpoint" not in inputs or not getattr(inputs["endpoint"], "url", None):
             raise ValueError("endpoint: `deploy` needs the node's `endpoint` role wired to a deploy "
                              "node (inputs: {endpoint: deploy}), which the runner serves")
@@ -124,8 +125,9 @@ def endpoint_spec(cfg: EvalConfig, inputs: dict[str, Any], models: list[ModelSpe
         url = artifact.url.rstrip("/")
         url = url if url.endswith(deployment.api_base.rstrip("/")) else url + deployment.api_base
         name, identity = artifact.node, f"step:{artifact.step_id}"
-        if tokenizer is None and deployment.source_model:
-            tokenizer = deployment.source_model
+        if tokenizer is None:  # the served model's own tokenizer: the deployment's copy, else its source
+            served_copy = Path(deployment.path or "") / "model"
+            tokenizer = str(served_copy) if (served_copy / "tokenizer_config.json").is_file() else deployment.source_model
     else:
         url, name, identity = cfg.endpoint.rstrip("/"), "endpoint", f"url:{cfg.endpoint}"
     served = wait_for_endpoint(url, cfg.endpoint_retries)

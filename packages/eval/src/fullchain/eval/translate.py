@@ -138,7 +138,7 @@ def to_opencompass_config(cfg: EvalConfig, models: list[ModelSpec],
             return dict(type=SlurmRunner, partition=cfg.slurm_partition,
                         max_num_workers=cfg.max_num_workers, retry=0, task=dict(type=task))
         return dict(type=LocalRunner, max_num_workers=cfg.max_num_workers,
-                    debug=cfg.runner == "debug", retry=0, task=dict(type=task))
+                    debug=cfg.runner == "debug", task=dict(type=task))
 
     return dict(models=list(model_cfgs.values()), datasets=list(datasets.values()),
                 model_dataset_combinations=combinations, work_dir=str(work_dir),
