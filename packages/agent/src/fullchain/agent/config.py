@@ -55,14 +55,15 @@ class AgentConfig:
     tools: list[str] = field(default_factory=lambda: ["calculator", "python"])
     """Tools offered on gsm8k and task files (heldout offers the tools its conversations were
     trained with; BFCL its own functions). One of: calculator, python, search."""
-    max_turns: int = 6
-    """Model replies per task; a task not answered by then is a scored failure."""
+    max_turns: int = 5
+    """Model replies per task with tools (the held-out tasks need at most 4: three calls and the
+    answer); a task not answered by then is a scored failure. Without tools: one reply."""
     max_tokens: int = 96
     """Tokens per model reply (a calculator call is ~50 tokens with digits split one by one)."""
     temperature: float = 0.0
     """Sampling temperature (0: greedy)."""
     task_sets: dict[str, int] = field(default_factory=lambda: {
-        "heldout": 12, "gsm8k": 2, "bfcl_simple": 2, "bfcl_multiple": 2})
+        "heldout": 8, "gsm8k": 1, "bfcl_simple": 1, "bfcl_multiple": 1})
     """Task sets to score and how many items of each (the first N; 0: all)."""
     tasks: str | None = field(default=None, metadata={"hash": "content"})
     """A JSONL task file (`question`, `answer`) scored as the `file` set; hashed by content."""
@@ -72,6 +73,8 @@ class AgentConfig:
     """Documents of the `corpus` input indexed for the `search` tool."""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """Limits of the Python tool."""
+    concurrency: int = field(default=4, metadata=_NOT_HASHED)
+    """Tasks run at once (the server batches their requests)."""
     request_timeout_s: float = field(default=120.0, metadata=_NOT_HASHED)
     """Seconds one model request may take."""
 
@@ -86,8 +89,8 @@ class AgentConfig:
             raise ValueError(f"task_sets: counts must be integers >= 0, got {dict(self.task_sets)}")
         if "file" in self.task_sets and not self.tasks:
             raise ValueError("task_sets.file: set agent.tasks=<file.jsonl> (question, answer) for it")
-        if self.max_turns < 1 or self.max_tokens < 1:
-            raise ValueError("max_turns and max_tokens must be >= 1")
+        if self.max_turns < 1 or self.max_tokens < 1 or self.concurrency < 1:
+            raise ValueError("max_turns, max_tokens and concurrency must be >= 1")
 
 
 # The agent talks to a served model and is scored on task sets.

@@ -16,6 +16,7 @@ import logging
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +133,17 @@ class Toolbox:
 
 
 def run_task(cfg: AgentConfig, llm, toolbox: Toolbox, task: dict[str, Any], mode: str) -> dict[str, Any]:
+    """One task in one mode. `llm` is this task's own client (its replies are this task's)."""
     from fullchain.agent.agents import make_agent
     from fullchain.agent.tasks import score
 
     actions, shown = toolbox.for_task(task) if mode == "tools" else ([], [])
-    # BFCL scores the first reply's call: one reply (ReAct: two, its last turn forces an answer)
-    turns = (2 if cfg.protocol == "react" else 1) if task["match"] == "bfcl" else cfg.max_turns
+    # BFCL scores the first reply's call: one reply (ReAct: two, its last turn forces an answer).
+    # Without tools the model answers in one reply (ReAct: two): there is nothing to call.
+    if task["match"] == "bfcl" or mode == "no_tools":
+        turns = 2 if cfg.protocol == "react" else 1
+    else:
+        turns = cfg.max_turns
     agent = make_agent(cfg.protocol, llm, actions, turns, shown)
     started = time.perf_counter()
     episode = agent.chat(task["question"], task.get("system"))
@@ -226,30 +232,39 @@ def run(cfg: AgentConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
     url, model, key = endpoint_of(cfg, inputs)
     tasks = load_tasks(cfg, inputs)
     model = model or first_model(url, key)
-    llm = OpenAIChat(url, model, api_key=key, max_new_tokens=cfg.max_tokens,
-                     temperature=cfg.temperature, timeout=cfg.request_timeout_s)
+
+    def one(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
+        llm = OpenAIChat(url, model, api_key=key, max_new_tokens=cfg.max_tokens,
+                         temperature=cfg.temperature, timeout=cfg.request_timeout_s)
+        try:
+            return run_task(cfg, llm, toolbox, *job)
+        finally:
+            llm.client.close()
+
     toolbox = Toolbox(cfg, inputs.get("corpus"))
-    log.info("agent: %s protocol, %d task(s) x %s on %s (model %s)", cfg.protocol, len(tasks),
-             "/".join(MODES), url, model)
-    rows, started = [], time.perf_counter()
-    trajectories = out / "trajectories.jsonl.partial"
+    # every task in both modes, `concurrency` at a time: the server batches their requests
+    jobs = [(task, mode) for task_set in dict.fromkeys(t["set"] for t in tasks) for mode in MODES
+            for task in tasks if task["set"] == task_set]
+    log.info("agent: %s protocol, %d task(s) x %s on %s (model %s), %d at a time", cfg.protocol,
+             len(tasks), "/".join(MODES), url, model, cfg.concurrency)
+    started = time.perf_counter()
+    results: dict[int, dict[str, Any]] = {}
     try:
-        with open(trajectories, "w", encoding="utf-8") as handle:
-            for task_set in dict.fromkeys(t["set"] for t in tasks):
-                items = [t for t in tasks if t["set"] == task_set]
-                for mode in MODES:
-                    set_started = time.perf_counter()
-                    for task in items:
-                        row = run_task(cfg, llm, toolbox, task, mode)
-                        rows.append(row)
-                        handle.write(json.dumps(row, default=str) + "\n")
-                    done = [r for r in rows if r["set"] == task_set and r["mode"] == mode]
-                    log.info("agent: %-13s %-8s %d/%d correct (%.2f tasks/s)", task_set, mode,
-                             sum(r["correct"] for r in done), len(done),
-                             len(done) / max(time.perf_counter() - set_started, 1e-9))
+        with ThreadPoolExecutor(cfg.concurrency) as pool:
+            futures = {pool.submit(one, job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if len(results) % 10 == 0 or len(results) == len(jobs):
+                    log.info("agent: %d/%d task runs done (%.2f tasks/s)", len(results), len(jobs),
+                             len(results) / max(time.perf_counter() - started, 1e-9))
     finally:
         toolbox.close()
-    trajectories.replace(out / "trajectories.jsonl")
+    rows = [results[i] for i in range(len(jobs))]
+    partial = out / "trajectories.jsonl.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+    partial.replace(out / "trajectories.jsonl")
     seconds = time.perf_counter() - started
     table = summarize(rows)
     write_report(out, table, f"agent benchmark: {cfg.protocol}, model {model}")
