@@ -51,10 +51,11 @@ def test_report_summary_comes_from_the_run(tiny_report):
     rows = _summary(result.stdout)
     record = json.loads((run_dir / "run.json").read_text())
     assert {s["status"] for s in record["steps"]} == {"reused"}
-    # the ratio from the two run records of this spec, as written
-    digest = run_dir.name.rsplit("-", 1)[-1]
-    computed = [json.loads(p.read_text()) for p in sorted((root / "runs").glob(f"*-{digest}/run.json"))
-                if {s["status"] for s in json.loads(p.read_text())["steps"]} == {"ran"}]
+    # the ratio from the two run records of these steps, as written
+    ids = {s["step_id"] for s in record["steps"]}
+    computed = [r for r in (json.loads(p.read_text()) for p in sorted((root / "runs").glob("*/run.json")))
+                if {s["step_id"] for s in r["steps"]} == ids
+                and {s["status"] for s in r["steps"]} == {"ran"}]
     ratio = record["seconds"] / computed[-1]["seconds"]
     assert rows["second run / first run wall time (reuse)"].startswith(f"{ratio:,.3f}")
     pretrain = next(s for s in record["steps"] if s["stage"] == "pretrain")

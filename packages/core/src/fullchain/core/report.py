@@ -9,8 +9,8 @@ What it reads (every section tolerates its stage being absent: "not in this run"
   `metrics.jsonl` + `loss.png`, eval's results through `contracts.read_eval_results` (+ its
   PNGs), deploy's `bench/bench.json` + `bench/latency_vs_concurrency.png`, agent's
   `results.json` (+ `results.png`) and `trajectories.jsonl`;
-- other runs of the same spec in the same runs dir (same digest in the name) for the reuse ratio:
-  the wall time of a run that reused every step / that of the run that computed them.
+- other runs of the same steps (step ids) in the same runs dir for the reuse ratio: the wall
+  time of a run that reused every step / that of a run that computed them all.
 
 Numbers come only from those files; what is not there shows as "-".
 """
@@ -152,21 +152,29 @@ def from_run_dir(run_dir: Path) -> RunView:
 
 
 def reuse_ratio(run_dir: Path) -> dict | None:
-    """The wall time of a run of this spec that reused every step over that of the run of the
-    same spec that computed them (runs dir names end with the spec's digest)."""
-    digest = run_dir.name.rsplit("-", 1)[-1]
+    """The wall time of a run that reused every step over that of a run that computed every
+    one of the same steps (the same step ids: a spec may differ in fields that change no id),
+    both in this run's runs dir; the latest of each."""
+    def steps_of(record: dict) -> tuple[frozenset, set]:
+        steps = record.get("steps") or []
+        return frozenset(s.get("step_id") for s in steps), {s.get("status") for s in steps}
+
+    try:
+        ids = steps_of(json.loads((run_dir / "run.json").read_text()))[0]
+    except (OSError, ValueError):
+        return None
     runs = []
-    for other in sorted(run_dir.parent.glob(f"*-{digest}")):
+    for other in sorted(run_dir.parent.glob("*/run.json")):
         try:
-            record = json.loads((other / "run.json").read_text())
+            record = json.loads(other.read_text())
         except (OSError, ValueError):
             continue
-        statuses = [s.get("status") for s in record.get("steps") or []]
-        if record.get("seconds") is None or not statuses:
+        other_ids, statuses = steps_of(record)
+        if record.get("seconds") is None or other_ids != ids or not ids:
             continue
-        runs.append((other, record["seconds"], statuses))
-    computed = [r for r in runs if all(s == "ran" for s in r[2])]
-    reused = [r for r in runs if all(s == "reused" for s in r[2])]
+        runs.append((other.parent, record["seconds"], statuses))
+    computed = [r for r in runs if r[2] == {"ran"}]
+    reused = [r for r in runs if r[2] == {"reused"}]
     if not computed or not reused:
         return None
     first, later = computed[-1], reused[-1]
