@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # experiment=tiny shortened: 60 pretrain steps (of 200), the tune step on the first 160 training
 # conversations for one pass (~20 packed steps), a 2-second load test per concurrency level;
-# data, chat_data and deploy are the demo's own. env=current: the stages run with this
-# interpreter.
-TINY = ("experiment=tiny", "env=current", "pretrain.schedule.train_iters=60",
+# data, chat_data and deploy are the demo's own; eval and agent are left out (OpenCompass alone
+# takes minutes; their own tests cover them). env=current: the stages run with this interpreter.
+TINY = ("experiment=tiny", "env=current", "stages=[data,chat_data,pretrain,tune,deploy]",
+        "pretrain.schedule.train_iters=60",
         "pretrain.schedule.warmup_iters=6", "++tune.max_train_records=160", "tune.schedule.epochs=1",
         "tune.schedule.warmup_iters=2", "deploy.bench.duration_s=2")
 

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 bash tools/bootstrap.sh
+.venv/bin/fullchain env sync eval     # OpenCompass's own environment (the eval step)
 echo "[demo] set-up: $((SECONDS - started))s" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
