@@ -231,6 +231,8 @@ class CannedServer:
         self.decided: dict[str, bool] = {}
         self.counts: dict[str, int] = {}
         self.unknown: list[str] = []
+        self.tool_roles: set[str] = set()
+        """Roles of the messages that declared the tools (must be the system turn)."""
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -269,6 +271,7 @@ class CannedServer:
             def do_POST(self):
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = "\n".join(str(m.get("content", "")) for m in request["messages"])
+                canned.tool_roles.update(m["role"] for m in request["messages"] if "<tools>" in str(m.get("content")))
                 content = canned.reply(prompt)
                 self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "canned",
                             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,

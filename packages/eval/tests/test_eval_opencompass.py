@@ -27,6 +27,7 @@ def test_endpoint_scores_exactly_k_of_n_on_every_benchmark(eval_python, tool_tas
              "endpoint": {"path": str(deploy), "url": server.url.removesuffix("/v1")}})
     assert result.returncode == 0, result.stderr[-4000:]
     assert not server.unknown, f"prompts the server could not match: {server.unknown[:3]}"
+    assert server.tool_roles == {"system"}  # tools declared in the system turn, as SFT saw them
     scores = results(out)
     for bench in BENCHMARKS:
         assert scores[("deploy", f"{bench['name']}/gen", "accuracy")] == 62.5, bench["name"]
@@ -65,7 +66,10 @@ def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_art
         assert 100 < ppl < 2000 and bpb > 0
     run_dirs = [p for p in (out / "opencompass").iterdir() if p.is_dir()]
     assert len(run_dirs) == 1  # one OpenCompass run
-    assert (run_dirs[0] / "predictions" / "tune" / "tool_use-gen.json").is_file()
+    tool_predictions = json.loads((run_dirs[0] / "predictions" / "tune" / "tool_use-gen.json").read_text())
+    assert len(tool_predictions) == 3
+    first = tool_predictions["0"]["origin_prompt"]
+    assert [m["role"] for m in first] == ["SYSTEM", "HUMAN"] and "<tools>" in first[0]["prompt"]
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0] == "benchmark,metric,items,contamination,pretrain,tune"
     gsm8k_row = next(line for line in csv_lines if line.startswith("gsm8k/gen"))

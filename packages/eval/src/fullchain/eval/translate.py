@@ -34,17 +34,30 @@ class ModelSpec:
     """Model name sent to the endpoint."""
 
 
+# OpenCompass maps a SYSTEM prompt to a user turn unless the model's meta template reserves the
+# role; the tool-use task declares its tools in the system turn, as the SFT conversations did.
+CHAT_META_TEMPLATE = dict(round=[dict(role="HUMAN", api_role="HUMAN"),
+                                 dict(role="BOT", api_role="BOT", generate=True)],
+                          reserved_roles=[dict(role="SYSTEM", api_role="SYSTEM")])
+
+
 def model_config(spec: ModelSpec, cfg: EvalConfig) -> dict[str, Any]:
     from opencompass.models import HuggingFaceBaseModel, HuggingFacewithChatTemplate, OpenAISDK
 
     if spec.kind == "api":
         return dict(type=OpenAISDK, abbr=spec.name, path=spec.api_model, key="EMPTY",
+                    meta_template=CHAT_META_TEMPLATE,
                     openai_api_base=spec.path, tokenizer_path=spec.tokenizer,
                     max_seq_len=cfg.max_seq_len, max_out_len=cfg.max_new_tokens,
                     batch_size=cfg.endpoint_concurrency, query_per_second=1000,
                     retry=cfg.endpoint_retries + 1, temperature=0.0)
-    model_type = HuggingFacewithChatTemplate if spec.kind == "chat" else HuggingFaceBaseModel
-    return dict(type=model_type, abbr=spec.name, path=spec.path, tokenizer_path=spec.tokenizer,
+    if spec.kind == "chat":
+        return dict(type=HuggingFacewithChatTemplate, abbr=spec.name, path=spec.path,
+                    tokenizer_path=spec.tokenizer, meta_template=CHAT_META_TEMPLATE,
+                    max_seq_len=cfg.max_seq_len, max_out_len=cfg.max_new_tokens,
+                    batch_size=cfg.batch_size, run_cfg=dict(num_gpus=0),
+                    generation_kwargs=dict(do_sample=False))
+    return dict(type=HuggingFaceBaseModel, abbr=spec.name, path=spec.path, tokenizer_path=spec.tokenizer,
                 max_seq_len=cfg.max_seq_len, max_out_len=cfg.max_new_tokens,
                 batch_size=cfg.batch_size, run_cfg=dict(num_gpus=0),
                 # greedy decoding: scores must not depend on a sampling seed
