@@ -30,6 +30,9 @@ def test_report_of_a_run_and_of_an_artifact(project):
     rows = _rows(result.stdout)
     ratio = json.loads(second.read_text())["seconds"] / json.loads(first.read_text())["seconds"]
     assert rows["second run / first run wall time (reuse)"].startswith(f"{ratio:,.3f} (")
+    computed = json.loads(first.read_text())["seconds"]
+    assert rows["wall time: whole run (plan + steps)"].endswith(
+        f"(the run that computed these steps: {computed:,.1f} s)")
     square = json.loads(first.read_text())["steps"][1]
     took = json.loads((Path(square["path"]) / "manifest.json").read_text())["duration_s"]
     assert rows["wall time: square"] == f"{took:,.1f} s (reused in this run: 0.0 s)"
@@ -101,7 +104,7 @@ def test_eval_deploy_and_agent_sections_read_their_files(tmp_path):
     assert rows["deploy c=1: output tokens/s, latency p50 / p99"] == "41.2, 0.50 s / 0.75 s"
     assert rows["deploy c=8: output tokens/s, latency p50 / p99"] == "120.5, 1.25 s / 2.50 s"
     assert rows["wall time: eval"] == "12.5 s"
-    assert rows["wall time: whole run"] == "-"  # an artifact, not a run: no run wall time
+    assert rows["wall time: whole run (plan + steps)"] == "-"  # an artifact: no run record
     page = render(view, summary_rows(view))
     assert page.count('class="contaminated"') == 1
     assert "</span> (3 of 50 items in the corpus, kept)" in page and page.count("<td>clean</td>") == 2

@@ -292,8 +292,12 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
         took = _seconds(step.manifest.get("duration_s"))
         rows.append((f"wall time: {step.node}", took if step.status in ("ran", "in store")
                      else f"{took} (reused in this run: {_seconds(step.seconds)})"))
-    rows.append(("wall time: whole run", _seconds(view.run_seconds)))
     reuse = view.reuse or {}
+    # run.json's seconds: plan + steps (not the interpreter's start-up and the composition)
+    rows.append(("wall time: whole run (plan + steps)", _seconds(view.run_seconds)
+                 if not reuse or reuse.get("computed_run") == (view.run_dir and view.run_dir.name)
+                 else f"{_seconds(view.run_seconds)} (the run that computed these steps: "
+                      f"{_seconds(reuse.get('computed_seconds'))})"))
     rows.append(("second run / first run wall time (reuse)",
                  _num(reuse.get("ratio"), 3) + (f" ({_seconds(reuse['reused_seconds'])} / "
                                                  f"{_seconds(reuse['computed_seconds'])})"

@@ -35,6 +35,8 @@ code, pre { font: 13px/1.4 ui-monospace, monospace; } pre { background: #f7f7f7;
        overflow-x: auto; white-space: pre-wrap; }
 img { max-width: 100%; } .absent { color: #777; font-style: italic; }
 .card { border: 1px solid #ddd; padding: 0 1em; margin: 1em 0; }
+.card h1 { font-size: 1.25em; } .card h2 { font-size: 1.1em; border: none; margin-top: 1.2em; }
+.card h3 { font-size: 1em; }
 .contaminated { color: #b00; font-weight: bold; }
 """
 
@@ -145,8 +147,8 @@ def graph_svg(view: RunView) -> str:
                      f'{esc(label)}</text>')
         parts.append(f'<text x="{x + 8}" y="{y + 35}" font-size="11" font-family="monospace">'
                      f'{esc(step.step_id)}</text>')
-        parts.append(f'<text x="{x + 8}" y="{y + 50}" font-size="11">{esc(step.status)}, '
-                     f'{esc(_seconds(step.seconds))}</text>')
+        parts.append(f'<text x="{x + 8}" y="{y + 50}" font-size="11">{esc(step.status)}; took '
+                     f'{esc(_seconds(step.manifest.get("duration_s")))}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -156,10 +158,10 @@ def section_steps(view: RunView) -> str:
     for step in view.steps:
         inputs = ", ".join(f"{role}: {upstream[:8]}" for role, upstream in step.inputs) or MISSING
         rows.append([step.node, step.kind, Markup(f"<code>{esc(step.step_id)}</code>"),
-                     step.status, _seconds(step.seconds), inputs,
-                     Markup(f"<code>{esc(step.path)}</code>")])
-    return table(["node", "stage", "step id", "status", "wall time", "inputs (role: id)", "path"],
-                 rows, numeric={4})
+                     step.status, _seconds(step.seconds), _seconds(step.manifest.get("duration_s")),
+                     inputs, Markup(f"<code>{esc(step.path)}</code>")])
+    return table(["node", "stage", "step id", "status", "in this run", "took (when computed)",
+                  "inputs (role: id)", "path"], rows, numeric={4, 5})
 
 
 def section_data(view: RunView) -> str:
