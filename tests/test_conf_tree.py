@@ -67,7 +67,7 @@ def test_default_graph_covers_all_six_stages():
 
 def test_tiny_experiment_is_the_cpu_demo():
     spec = compose("experiment=tiny")
-    assert spec["stages"] == ["data", "chat_data", "pretrain"]
+    assert spec["stages"] == ["data", "chat_data", "pretrain", "tune", "eval", "deploy", "agent"]
     assert spec["launcher"]["name"] == "local"
 
 

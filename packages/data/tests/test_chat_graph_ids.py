@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def ids(tmp_path, *overrides: str) -> dict[str, str]:
-    spec = spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(REPO / "conf", ["experiment=tiny", *overrides])))
+    spec = spec_mod.materialize(spec_mod.to_spec(spec_mod.compose(REPO / "conf", ["experiment=tiny", "stages=[data,chat_data,pretrain]", *overrides])))
     return {step.name: step.step_id for step in graph.build(spec, tmp_path / "store")}
 
 
