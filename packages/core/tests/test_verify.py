@@ -101,6 +101,16 @@ def test_rules_path_gzip_and_timing(tmp_path):
     assert _pair(tmp_path, "metrics.jsonl", as_jsonl(rows), as_jsonl(worse))[0] \
         == (False, "values differ")
     assert _pair(tmp_path, "w.bin", b"\x00\x01", b"\x00\x02")[0] == (False, "bytes differ")
+    # a chart of measurements: reproduced when the JSON it is drawn from is (timings aside)
+    bench = {"rows": [{"concurrency": 8, "requests": 12, "latency_p50_s": 1.25}]}
+    _pair(tmp_path, "bench/bench.json", json.dumps(bench).encode(), json.dumps(
+        {"rows": [{**bench["rows"][0], "latency_p50_s": 1.5}]}).encode())
+    assert _pair(tmp_path, "bench/plot.png", b"\x89PNG-a", b"\x89PNG-b")[0] \
+        == (True, "chart of bench.json")
+    _pair(tmp_path, "bench/bench.json", json.dumps(bench).encode(), json.dumps(
+        {"rows": [{**bench["rows"][0], "requests": 11}]}).encode())
+    assert _pair(tmp_path, "bench/plot.png", b"\x89PNG-a", b"\x89PNG-b")[0] \
+        == (False, "bytes differ")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torch: single-process save; overwrite

@@ -21,6 +21,9 @@ rule may still call the file reproduced, and the table names the rule:
 - `timing`: a JSON or JSONL file is equal with its wall-clock keys left out (TIMING_KEY:
   `*_time`, `*runtime`, `*seconds`, `*_s`, `*per_second*`, `mfu`, `*_at`), every other value
   exact.
+- `chart of <x>.json`: a PNG whose bytes differ counts as reproduced when a JSON file in the
+  same directory does (by the rules above): the chart is drawn from it, and charts of wall-clock
+  measurements (deploy's `bench/latency_vs_concurrency.png`) differ with every run.
 - `dcp-metadata`: a torch distributed checkpoint's `.metadata` is equal with its
   `storage_meta` left out (it holds a random `save_id` and the checkpoint's path); the tensor
   shards (`*.distcp`) themselves are compared by bytes.
@@ -114,6 +117,16 @@ def compare_file(rel: str, original: Path, rerun: Path, original_root: Path,
         if _drop_timing(values_a) == _drop_timing(values_b):
             return True, "+".join(rules + ["timing"])
         return False, "values differ"
+    if rel.endswith(".png"):
+        # A chart of measurements (deploy's bench/latency_vs_concurrency.png) differs with
+        # every run; it is drawn from the JSON beside it, so it counts as reproduced when that
+        # JSON does, wall-clock keys aside, and the JSON is in the table with its own result.
+        for sibling in sorted(a.parent.glob("*.json")):
+            rel_json = str(Path(rel).parent / sibling.name)
+            if (b.parent / sibling.name).is_file() and compare_file(
+                    rel_json, original_root, rerun_root, original_root, rerun_root)[0]:
+                return True, f"chart of {sibling.name}"
+        return False, "bytes differ"
     if Path(rel).name == ".metadata" and any(a.parent.glob("*.distcp")):
         try:
             if _dcp_metadata_equal(a, b):
