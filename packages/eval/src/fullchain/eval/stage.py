@@ -224,9 +224,8 @@ def collect(run_dir: Path, oc_config: dict, expected: dict[str, int]) -> list[di
 
 
 def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
-    import opencompass
-    from fullchain.eval.translate import render_config, template_hash, to_opencompass_config
-
+    # OpenCompass is imported once the inputs are checked: a bad benchmark file, a model without
+    # chat template or a dead endpoint fail before its (multi-second) import.
     started = time.time()
     out = Path(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -270,6 +269,9 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
 
         tool_hash = content_hash([task_set.splits[cfg.tool_split]])
         expected_tool = len(tasks)
+
+    import opencompass
+    from fullchain.eval.translate import render_config, template_hash, to_opencompass_config
 
     work_dir = out / "opencompass"
     if work_dir.exists():  # an interrupted attempt of this step: start over
