@@ -126,7 +126,7 @@ def test_auto_values_are_resolved_before_hashing(tmp_path):
 
 
 def test_planning_loads_only_the_declarations_on_the_path(tmp_path):
-    """`experiment=tiny` (data, chat_data, pretrain) must not need the eval (or tune, deploy,
+    """`experiment=tiny stages=[data,chat_data,pretrain]` must not need the eval (or tune, deploy,
     agent) package: an environment that lacks them plans and runs the corpus, conversation and
     pretraining steps."""
     script = (
@@ -137,7 +137,8 @@ def test_planning_loads_only_the_declarations_on_the_path(tmp_path):
         "            raise ImportError(f'{name} is not installed in this environment')\n"
         "sys.meta_path.insert(0, Block())\n"
         "from fullchain.core import runner, spec\n"
-        f"s = spec.to_spec(spec.compose(spec.Path({str(REPO / 'conf')!r}), ['experiment=tiny']))\n"
+        f"s = spec.to_spec(spec.compose(spec.Path({str(REPO / 'conf')!r}), ['experiment=tiny', \n"
+        "    'stages=[data,chat_data,pretrain]']))\n"
         "_, steps = runner.plan(s)\n"
         "print([st.name for st in steps])\n"
     )
