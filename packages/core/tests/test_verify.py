@@ -16,9 +16,10 @@ def _artifact(store: Path, stage: str) -> Path:
     return manifest.parent
 
 
-def test_manifest_records_a_sha256_per_payload_file(project):
+def test_checksums_and_verify_on_the_toy_chain(project):
     fullchain("run", "--conf", str(CONF))
-    square = _artifact(project / "artifacts", "square")
+    store = project / "artifacts"
+    square = _artifact(store, "square")
     manifest = json.loads((square / "manifest.json").read_text())
     files = manifest["checksums"]["files"]
     assert manifest["checksums"]["algorithm"] == "sha256"
@@ -27,11 +28,6 @@ def test_manifest_records_a_sha256_per_payload_file(project):
     assert (square / "logs" / "stderr.log").is_file() and (square / ".fullchain").is_dir()
     for rel, digest in files.items():
         assert hashlib.sha256((square / rel).read_bytes()).hexdigest() == digest
-
-
-def test_verify_reproduces_a_deterministic_step_and_flags_a_timestamp(project):
-    fullchain("run", "--conf", str(CONF))
-    store = project / "artifacts"
     count = _artifact(store, "count")
     ok = fullchain("verify", str(count))
     assert "counts.json  match   bytes" in ok.stdout
@@ -40,7 +36,6 @@ def test_verify_reproduces_a_deterministic_step_and_flags_a_timestamp(project):
     # the re-execution ran in scratch, not over the artifact, and was removed after the match
     assert not list((project / ".cache" / "fullchain" / "verify").glob("*/count"))
     # toy square writes "started <time.time()>" into partial.txt: a real mismatch, by step id
-    square = _artifact(store, "square")
     bad = fullchain("verify", square.name[:8], "--store", str(store), check=False)
     assert bad.returncode == 1, bad.stderr
     rows = {line.split()[0]: line.split()[1] for line in bad.stdout.splitlines()[1:] if line.strip()
@@ -50,13 +45,8 @@ def test_verify_reproduces_a_deterministic_step_and_flags_a_timestamp(project):
     assert f"kept at {kept}" in bad.stdout
     assert (kept / "manifest.json").is_file()  # the runner's own manifest, checksums and all
     assert json.loads((kept / "manifest.json").read_text())["step_id"] == square.name
-
-
-def test_verify_without_the_runs_spec_says_what_to_pass(project):
-    fullchain("run", "--conf", str(CONF))
-    count = _artifact(project / "artifacts", "count")
-    manifest = json.loads((count / "manifest.json").read_text())
-    (Path(manifest["run"]) / "spec.yaml").unlink()
+    # without its run's spec, verify says what to pass
+    (Path(json.loads((count / "manifest.json").read_text())["run"]) / "spec.yaml").unlink()
     result = fullchain("verify", str(count), check=False)
     assert result.returncode == 2
     assert "spec.yaml is gone; pass --spec" in result.stderr
