@@ -73,8 +73,9 @@ class AgentConfig:
     """Documents of the `corpus` input indexed for the `search` tool."""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """Limits of the Python tool."""
-    concurrency: int = field(default=4, metadata=_NOT_HASHED)
-    """Tasks run at once (the server batches their requests)."""
+    concurrency: int = field(default=1, metadata=_NOT_HASHED)
+    """Tasks run at once. 1: on the CPU server 4 at a time was slower (0.22 vs 0.36 tasks/s,
+    benchmarks/agent_tasks.py); raise it for a server that batches (LMDeploy, vLLM on a GPU)."""
     request_timeout_s: float = field(default=120.0, metadata=_NOT_HASHED)
     """Seconds one model request may take."""
 

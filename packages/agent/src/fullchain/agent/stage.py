@@ -242,7 +242,7 @@ def run(cfg: AgentConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
             llm.client.close()
 
     toolbox = Toolbox(cfg, inputs.get("corpus"))
-    # every task in both modes, `concurrency` at a time: the server batches their requests
+    # every task in both modes, `concurrency` at a time
     jobs = [(task, mode) for task_set in dict.fromkeys(t["set"] for t in tasks) for mode in MODES
             for task in tasks if task["set"] == task_set]
     log.info("agent: %s protocol, %d task(s) x %s on %s (model %s), %d at a time", cfg.protocol,
