@@ -57,14 +57,21 @@ def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_art
     assert ("pretrain", "mmlu/ppl", "accuracy") in scores
     assert ("tune", "mmlu/gen", "accuracy") in scores
     assert ("pretrain", "gsm8k/gen", "accuracy") in scores and ("tune", "gsm8k/gen", "accuracy") in scores
+    # tool use through each model's chat template: the base model's score is "before tuning"
     assert ("tune", "tool_use/gen", "format_validity") in scores
-    assert ("pretrain", "tool_use/gen", "format_validity") not in scores  # base model: no chat task
+    assert ("pretrain", "tool_use/gen", "exact_expression") in scores
+    pins = {(p["model"], p["benchmark"], p["metric"]): p["pins"] for p in
+            json.loads((out / "pins.json").read_text())["rows"]}
+    assert pins[("pretrain", "tool_use", "format_validity")]["engine"] == "hf-chat"
+    assert pins[("pretrain", "mmlu", "accuracy")]["engine"] == "hf-base"
+    base_tool = json.loads((run_dirs_of(out)[0] / "predictions" / "pretrain@chat" / "tool_use-gen.json").read_text())
+    assert [m["role"] for m in base_tool["0"]["origin_prompt"]] == ["SYSTEM", "HUMAN"]
     for model in ("pretrain", "tune"):
         bpb = scores[(model, "heldout", "bits_per_byte")]
         ppl = scores[(model, "heldout", "perplexity")]
         # a random model over a 512-token vocabulary: perplexity near 512, and bits per byte > 0
         assert 100 < ppl < 2000 and bpb > 0
-    run_dirs = [p for p in (out / "opencompass").iterdir() if p.is_dir()]
+    run_dirs = run_dirs_of(out)
     assert len(run_dirs) == 1  # one OpenCompass run
     tool_predictions = json.loads((run_dirs[0] / "predictions" / "tune" / "tool_use-gen.json").read_text())
     assert len(tool_predictions) == 3
@@ -77,6 +84,10 @@ def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_art
     assert ",clean," in next(line for line in csv_lines if line.startswith("mmlu/ppl"))
     assert (out / "results.png").stat().st_size > 1000
     assert "| gsm8k/gen | accuracy | 3 | CONTAMINATED" in (out / "results.md").read_text()
+
+
+def run_dirs_of(out):
+    return [p for p in (out / "opencompass").iterdir() if p.is_dir()]
 
 
 def test_bad_inputs_fail_clearly_and_leave_no_results(eval_python, model_artifacts, eval_tokenizer, tmp_path):

@@ -194,9 +194,10 @@ def collect(run_dir: Path, oc_config: dict, expected: dict[str, int]) -> list[di
     for combination in oc_config["model_dataset_combinations"]:
         for model in combination["models"]:
             for dataset in combination["datasets"]:
-                model_name, abbr = model["abbr"], dataset["abbr"]
-                result_file = run_dir / "results" / model_name / f"{abbr}.json"
-                prediction_file = run_dir / "predictions" / model_name / f"{abbr}.json"
+                model_abbr, abbr = model["abbr"], dataset["abbr"]
+                model_name = model_abbr.partition("@")[0]  # `<name>@chat`: a base model via its chat template
+                result_file = run_dir / "results" / model_abbr / f"{abbr}.json"
+                prediction_file = run_dir / "predictions" / model_abbr / f"{abbr}.json"
                 if not result_file.is_file() or not prediction_file.is_file():
                     raise RuntimeError(f"OpenCompass left no result for {model_name} on {abbr} "
                                        f"({result_file}); see {run_dir / 'logs'}")
@@ -250,19 +251,19 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
 
     tool_use = None
     tool_hash = ""
-    if "tasks" in inputs and any(m.kind in ("chat", "api") for m in scored):
+    if "tasks" in inputs:
         from fullchain.eval.tool_dataset import write_tool_use
 
         task_set = read_tool_tasks(inputs["tasks"])
         tasks = list(task_set.tasks(cfg.tool_split))
         tasks = [tasks[i] for i in draw(len(tasks), cfg.tool_max_items, cfg.seed)]
-        template_source = next(m.tokenizer for m in scored if m.kind in ("chat", "api"))
+        template_source = scored[0].tokenizer
         system = tools_system_prompt(template_source, task_set.system, task_set.tools)
-        for model in scored:  # every chat model must render the tools the same way
-            if model.kind == "chat" and model.tokenizer != template_source:
-                if tools_system_prompt(model.tokenizer, task_set.system, task_set.tools) != system:
-                    raise ValueError(f"models: {model.name}'s chat template renders the tools "
-                                     "differently from the first chat model's")
+        for model in scored[1:]:  # every model's template must render the tools the same way
+            if model.kind != "api" and tools_system_prompt(model.tokenizer, task_set.system,
+                                                           task_set.tools) != system:
+                raise ValueError(f"models: {model.name}'s chat template renders the tools "
+                                 f"differently from {scored[0].name}'s")
         data_dir.mkdir(parents=True, exist_ok=True)
         tool_use = (write_tool_use(data_dir / "tool_use.jsonl", tasks, system), task_set.tools)
         from fullchain.eval.benchmarks import content_hash
@@ -296,6 +297,9 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
     generation = {"max_new_tokens": cfg.max_new_tokens, "max_seq_len": cfg.max_seq_len,
                   "do_sample": False}
     engines = {m.name: ("openai-api" if m.kind == "api" else f"hf-{m.kind}") for m in scored}
+
+    def engine(model: str, benchmark: str) -> str:  # base models answer tool use as chat models
+        return "hf-chat" if benchmark == "tool_use" and engines[model] == "hf-base" else engines[model]
     rows = []
     for record in records:
         name = record["benchmark"]
@@ -307,7 +311,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
                          benchmark_file_hash=file_hash, items=item_ids,
                          conversion_version=CONVERSION_VERSION,
                          template_hash=template_hash(record["dataset"]), generation=generation,
-                         mode=record["mode"], engine=engines[record["model"]],
+                         mode=record["mode"], engine=engine(record["model"], name),
                          opencompass_version=opencompass.__version__,
                          model_id=identities[record["model"]])})
 

@@ -138,13 +138,21 @@ def to_opencompass_config(cfg: EvalConfig, models: list[ModelSpec],
             dataset = dataset_config(bench, modes_for(model.kind, mode), cfg)
             datasets.setdefault(dataset["abbr"], dataset)
             chosen.append(dataset["abbr"])
-        if tool_use is not None and model.kind in ("chat", "api"):
-            dataset = tool_use_config(*tool_use, cfg)
-            datasets.setdefault(dataset["abbr"], dataset)
-            chosen.append(dataset["abbr"])
         if chosen:
             combinations.append(dict(models=[model_cfgs[model.name]],
                                      datasets=[datasets[a] for a in chosen]))
+        if tool_use is not None:
+            # Every model answers the tool-use prompts through its chat template (an hf_model
+            # always has one): a base model's score is the "before tuning" of the demo's table.
+            dataset = tool_use_config(*tool_use, cfg)
+            datasets.setdefault(dataset["abbr"], dataset)
+            # (its own abbr: OpenCompass reuses a loaded model by abbr, which would keep the base
+            # wrapper; the results name the model by what precedes the `@`)
+            as_chat = model_cfgs[model.name] if model.kind in ("chat", "api") else model_config(
+                ModelSpec(name=f"{model.name}@chat", kind="chat", path=model.path,
+                          tokenizer=model.tokenizer), cfg)
+            model_cfgs.setdefault(as_chat["abbr"], as_chat)
+            combinations.append(dict(models=[as_chat], datasets=[dataset]))
 
     def runner(task: type) -> dict:
         if cfg.runner == "slurm":
