@@ -28,7 +28,7 @@ STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .6em 0; }
+table { border-collapse: collapse; margin: .6em 0; display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, pre { font: 13px/1.4 ui-monospace, monospace; } pre { background: #f7f7f7; padding: .6em;
@@ -256,7 +256,9 @@ def section_agent(view: RunView) -> str:
     for step in view.of_kind("agent"):
         table_rows = [r for r in agent_results(step).get("results") or [] if isinstance(r, dict)]
         if table_rows:
-            columns = list(dict.fromkeys(k for r in table_rows for k in r))
+            first = ["set", "mode", "tasks", "success_rate"]
+            columns = list(dict.fromkeys([*(k for k in first if any(k in r for r in table_rows)),
+                                          *(k for r in table_rows for k in r)]))
             body = table(columns, [[MISSING if r.get(c) is None else r.get(c) for c in columns]
                                    for r in table_rows])
         else:
