@@ -80,7 +80,7 @@ def test_tool_call_scoring():
 def _rows(model_id="step:tune-1", generation=None):
     base = dict(benchmark_file_hash="abc", items=["x:1", "x:2"], conversion_version=1,
                 template_hash="t", generation=generation or {"max_new_tokens": 8},
-                mode="gen", engine="hf-chat", opencompass_version="0.5.4", model_id=model_id)
+                mode="gen", engine="huggingface", opencompass_version="0.5.4", model_id=model_id)
     return [{"model": "tune", "benchmark": "gsm8k", "mode": "gen", "metric": "accuracy",
              "score": 50.0, "num_items": 2, "pins": pins(**base)},
             {"model": "tune", "benchmark": "heldout", "mode": "ppl", "metric": "bits_per_byte",

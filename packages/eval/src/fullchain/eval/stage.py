@@ -296,10 +296,9 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
     hashes = {b.name: (b.file_hash, b.item_ids) for b, _ in benchmarks}
     generation = {"max_new_tokens": cfg.max_new_tokens, "max_seq_len": cfg.max_seq_len,
                   "do_sample": False}
-    engines = {m.name: ("openai-api" if m.kind == "api" else f"hf-{m.kind}") for m in scored}
-
-    def engine(model: str, benchmark: str) -> str:  # base models answer tool use as chat models
-        return "hf-chat" if benchmark == "tool_use" and engines[model] == "hf-base" else engines[model]
+    # The engine that ran the model; whether it was prompted through its chat template is the
+    # model's own (base or chat) and part of what the row compares, like its weights.
+    engines = {m.name: ("openai-api" if m.kind == "api" else "huggingface") for m in scored}
     rows = []
     for record in records:
         name = record["benchmark"]
@@ -311,7 +310,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
                          benchmark_file_hash=file_hash, items=item_ids,
                          conversion_version=CONVERSION_VERSION,
                          template_hash=template_hash(record["dataset"]), generation=generation,
-                         mode=record["mode"], engine=engine(record["model"], name),
+                         mode=record["mode"], engine=engines[record["model"]],
                          opencompass_version=opencompass.__version__,
                          model_id=identities[record["model"]])})
 
