@@ -33,7 +33,7 @@ th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, pre { font: 13px/1.4 ui-monospace, monospace; } pre { background: #f7f7f7; padding: .6em;
        overflow-x: auto; white-space: pre-wrap; }
-img { max-width: 100%; } .absent { color: #777; font-style: italic; }
+img, svg { max-width: 100%; height: auto; } .absent { color: #777; font-style: italic; }
 .card { border: 1px solid #ddd; padding: 0 1em; margin: 1em 0; }
 .card h1 { font-size: 1.25em; } .card h2 { font-size: 1.1em; border: none; margin-top: 1.2em; }
 .card h3 { font-size: 1em; }
