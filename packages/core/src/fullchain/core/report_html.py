@@ -120,7 +120,7 @@ def graph_svg(view: RunView) -> str:
         for row, step in enumerate(steps):
             where[step.step_id] = (pad + col * (box_w + gap_x), pad + row * (box_h + gap_y))
     width = pad * 2 + (max(columns) + 1) * (box_w + gap_x) - gap_x if columns else 100
-    height = pad * 2 + max((len(c) for c in columns.values()), default=1) * (box_h + gap_y) - gap_y
+    height = pad * 2 + (max((len(c) for c in columns.values()), default=1) + 1) * (box_h + gap_y)
     colour = {"ran": "#e6f2e6", "reused": "#e8eef8", "in store": "#f4f4f4"}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="step graph">',
@@ -134,9 +134,13 @@ def graph_svg(view: RunView) -> str:
                 continue
             x1, y1 = where[upstream]
             ax, ay, bx, by = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
-            parts.append(f'<line x1="{ax}" y1="{ay}" x2="{bx}" y2="{by}" stroke="#555" '
+            # an edge that skips columns bows below the boxes between (a curve, not through them)
+            bow = (box_h + gap_y) * 0.8 if bx - ax > gap_x + 1 else 0
+            cx, cy = (ax + bx) / 2, max(ay, by) + 2 * bow
+            parts.append(f'<path d="M{ax},{ay} Q{cx},{cy} {bx},{by}" fill="none" stroke="#555" '
                          'marker-end="url(#arrow)"/>')
-            parts.append(f'<text x="{(ax + bx) / 2}" y="{(ay + by) / 2 - 4}" font-size="11" '
+            label_y = (ay + by) / 2 + bow - 4 if bow else (ay + by) / 2 - 4
+            parts.append(f'<text x="{cx}" y="{label_y}" font-size="11" '
                          f'text-anchor="middle" fill="#333">{esc(role)}</text>')
     for step in view.steps:
         x, y = where[step.step_id]
