@@ -173,7 +173,7 @@ def write_config(cfg, path: Path) -> Path:
 def losses(out: Path) -> list[float]:
     """Per-iteration training losses from an artifact's metrics.jsonl."""
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return [row["loss"] for row in rows]
+    return [row["loss"] for row in rows if "loss" in row]  # iteration 0: validation only
 
 
 def run_in_process(cfg, data_dir: Path, out: Path) -> dict:

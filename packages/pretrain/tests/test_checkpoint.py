@@ -87,7 +87,8 @@ def test_checkpoint_layout_and_model_only_load(data_artifact, tmp_path):
         before = model.embedding.word_embeddings.weight.detach().clone()
         position = checkpoint.load(root / "iter_0000002", model)
         assert position == {"iteration": 2, "consumed_samples": 2 * cfg.batch.global_batch_size,
-                            "loss": metrics["final_loss"], "val_loss": metrics["val_loss"]}
+                            "loss": metrics["final_loss"], "val_loss": metrics["val_loss"],
+                            "init_val_loss": metrics["init_val_loss"]}
         assert not model.embedding.word_embeddings.weight.detach().equal(before)
     finally:
         distributed.destroy()

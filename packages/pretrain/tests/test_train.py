@@ -20,7 +20,11 @@ def test_loss_falls_and_metrics_are_written(data_artifact, tmp_path):
     assert metrics["val_perplexity"] == pytest.approx(2.718281828 ** metrics["val_loss"], rel=1e-6)
     assert metrics["tokens_per_second"] > 0 and 0 < metrics["mfu"] < 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows if "val_loss" in r] == [20, 40]
+    # validation of the untrained initialisation first (iteration 0), then every 20 steps
+    assert [r["iteration"] for r in rows if "val_loss" in r] == [0, 20, 40]
+    assert rows[0]["val_loss"] == metrics["init_val_loss"]
+    assert metrics["init_val_perplexity"] == pytest.approx(2.718281828 ** metrics["init_val_loss"], rel=1e-6)
+    assert metrics["val_perplexity"] < 0.5 * metrics["init_val_perplexity"]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(metrics)  # JSON-serialisable for the manifest

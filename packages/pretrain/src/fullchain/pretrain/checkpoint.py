@@ -97,8 +97,8 @@ def save(root: Path, iteration: int, model_chunk: Any, optimizer: Any, scheduler
          consumed_samples: int, last_metrics: dict[str, Any] | None = None) -> Path:
     """Collective: every rank calls it. Writes iter_N/ then, on rank 0, latest.json.
 
-    `last_metrics` ({"loss", "val_loss"} as of this iteration) comes back from `load`: a run
-    resumed with no step left returns them instead of NaN."""
+    `last_metrics` ({"loss", "val_loss", "init_val_loss"} as of this iteration) comes back from
+    `load`: a run resumed with no step left returns them instead of NaN."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
@@ -227,4 +227,5 @@ def load(path: Path, model_chunk: Any, optimizer: Any = None, scheduler: Any = N
     last = common.get("last_metrics") or {}
     return {"iteration": int(common.get("iteration", 0)),
             "consumed_samples": int(common.get("data_position", {}).get("consumed_samples", 0)),
-            "loss": last.get("loss", float("nan")), "val_loss": last.get("val_loss", float("nan"))}
+            "loss": last.get("loss", float("nan")), "val_loss": last.get("val_loss", float("nan")),
+            "init_val_loss": last.get("init_val_loss")}

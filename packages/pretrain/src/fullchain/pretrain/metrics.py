@@ -107,11 +107,12 @@ class MetricsWriter:
 
 
 def _truncate_after(file: Path, iteration: int) -> None:
-    """Drop rows past `iteration` (written by a run killed after its last checkpoint)."""
+    """Drop rows past `iteration` (written by a run killed after its last checkpoint); a fresh
+    start (0) drops them all, the initialisation's validation row too (it is measured again)."""
     if not file.is_file():
         return
     keep = [line for line in file.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["iteration"] <= iteration]
+            if line.strip() and iteration > 0 and json.loads(line)["iteration"] <= iteration]
     file.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 

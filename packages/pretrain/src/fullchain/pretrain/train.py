@@ -162,10 +162,12 @@ def _train(cfg: PretrainConfig, spec: PackedCorpus, out: Path) -> dict[str, Any]
     iteration, consumed_samples, resumed_from = 0, 0, None
     # The losses as of the checkpoint: what a resumed run returns if no step is left to take.
     loss = val_loss = float("nan")
+    init_val_loss = None  # validation loss of the untrained initialisation: what training bought
     if resume is not None:
         position = checkpoint.load(resume[1], model, optimizer, scheduler)
         iteration, consumed_samples = position["iteration"], position["consumed_samples"]
         loss, val_loss = position["loss"], position["val_loss"]
+        init_val_loss = position.get("init_val_loss")
         resumed_from = iteration
         logger.info("resumed from %s (iteration %d, %d samples consumed)", resume[1], iteration,
                     consumed_samples)
@@ -204,6 +206,13 @@ def _train(cfg: PretrainConfig, spec: PackedCorpus, out: Path) -> dict[str, Any]
     train_iter = batch_iterator(datasets["train"], consumed_samples, train_samples,
                                 batch.micro_batch_size, dp_rank, dp_size, cfg.num_workers)
     ddp_model.train()
+    if iteration == 0:
+        init_val_loss = evaluate()
+        if init_val_loss is not None:
+            writer.log(0, {"val_loss": init_val_loss,
+                           "val_perplexity": math.exp(min(init_val_loss, 50.0))})
+            if rank == 0:
+                logger.info("iter 0 (initialisation) val_loss %.4f", init_val_loss)
     step_times: list[float] = []
     grad_norm = None
     while iteration < schedule.train_iters:
@@ -249,7 +258,8 @@ def _train(cfg: PretrainConfig, spec: PackedCorpus, out: Path) -> dict[str, Any]
         save_interval = cfg.checkpoint.save_interval
         if iteration == schedule.train_iters or (save_interval and iteration % save_interval == 0):
             checkpoint.save(out / "checkpoints", iteration, model, optimizer, scheduler,
-                            consumed_samples, {"loss": loss, "val_loss": val_loss})
+                            consumed_samples, {"loss": loss, "val_loss": val_loss,
+                                               "init_val_loss": init_val_loss})
     writer.close()
 
     # Steady-state speed: the first step of a process pays for allocator growth and warm-up.
@@ -260,6 +270,9 @@ def _train(cfg: PretrainConfig, spec: PackedCorpus, out: Path) -> dict[str, Any]
         "final_loss": loss,
         "val_loss": val_loss,
         "val_perplexity": math.exp(min(val_loss, 50.0)) if val_loss is not None and math.isfinite(val_loss) else None,
+        "init_val_loss": init_val_loss,
+        "init_val_perplexity": (math.exp(min(init_val_loss, 50.0)) if init_val_loss is not None
+                                and math.isfinite(init_val_loss) else None),
         "tokens_per_second": tokens_per_second,
         "mfu": tokens_per_second * flops_per_token / (peak * world) if tokens_per_second else None,
         "peak_flops_per_rank": peak,
