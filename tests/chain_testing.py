@@ -12,14 +12,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+EVAL_PYTHON = REPO / ".venvs" / "eval" / "bin" / "python"
+
 # experiment=tiny shortened: 60 pretrain steps (of 200), the tune step on the first 160 training
-# conversations for one pass (~20 packed steps), a 2-second load test per concurrency level;
-# data, chat_data and deploy are the demo's own; eval and agent are left out (OpenCompass alone
-# takes minutes; their own tests cover them). env=current: the stages run with this interpreter.
-TINY = ("experiment=tiny", "env=current", "stages=[data,chat_data,pretrain,tune,deploy]",
-        "pretrain.schedule.train_iters=60",
+# conversations for one pass (~20 packed steps), a 2-second load test per concurrency level, eval
+# on 8 held-out tool tasks and 1024 held-out tokens, the agent on 4 held-out tasks; data,
+# chat_data and the rest are the demo's own. env=current: the stages run with this interpreter,
+# except eval, which runs in its own environment (OpenCompass's pins), as in the demo.
+TINY = ("experiment=tiny", "env=current", "pretrain.schedule.train_iters=60",
         "pretrain.schedule.warmup_iters=6", "++tune.max_train_records=160", "tune.schedule.epochs=1",
-        "tune.schedule.warmup_iters=2", "deploy.bench.duration_s=2")
+        "tune.schedule.warmup_iters=2", "deploy.bench.duration_s=2",
+        f"++env.envs.eval.python={EVAL_PYTHON}", "++env.stage_env.eval=eval",
+        "eval.tool_max_items=8", "eval.heldout_max_tokens=1024", "agent.task_sets={heldout: 4}")
+
+
+def ensure_eval_env() -> None:
+    """The eval environment, built when missing (as the demo does), with a progress line."""
+    if EVAL_PYTHON.is_file():
+        return
+    print("building the eval environment (.venvs/eval: OpenCompass and its pins)", flush=True)
+    result = subprocess.run([sys.executable, "-m", "fullchain.core.cli", "env", "sync", "eval"],
+                            capture_output=True, text=True, cwd=REPO, timeout=1800)
+    if result.returncode != 0:
+        pytest.fail(f"`fullchain env sync eval` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
 def fullchain(*args, env, check=True, timeout=1800):
@@ -36,6 +51,7 @@ def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     env = dict(os.environ, FULLCHAIN_STORE=str(root / "artifacts"), FULLCHAIN_RUNS=str(root / "runs"),
                FULLCHAIN_CACHE=str(root / "cache"))
+    ensure_eval_env()
     first = fullchain("run", *TINY, env=env)
     second = fullchain("run", *TINY, env=env)
     return root, env, first, second

@@ -1,8 +1,9 @@
 """The tiny end-to-end run through the real CLI, as the README's demo does it (shortened: see
 chain_testing.TINY): corpus (the Python standard library) -> data -> pretrain -> tune on the
-synthetic tool-use conversations (chat_data, with the data step's tokenizer) -> deploy (served on
-the CPU engine, smoke and load test); every node's manifest and contract checked; then a second
-run that reuses every step."""
+synthetic tool-use conversations (chat_data, with the data step's tokenizer) -> eval (OpenCompass,
+in its own environment: base vs tuned) -> deploy (served on the CPU engine, smoke and load test)
+-> agent (Lagent function calling on the served model, with and without tools); every node's
+manifest and contract checked; then a second run that reuses every step."""
 import json
 import math
 
@@ -12,13 +13,15 @@ from chain_testing import TINY, fullchain
 pytestmark = pytest.mark.e2e
 
 NODES = {"data": "data", "chat_data": "data.chat", "pretrain": "pretrain", "tune": "tune",
-         "deploy": "deploy"}
+         "eval": "eval", "deploy": "deploy", "agent": "agent"}
 CONTRACTS = {"data": {"packed_corpus", "tokenizer"}, "data.chat": {"conversations", "tool_tasks"},
              "pretrain": {"megatron_checkpoint", "hf_model"}, "tune": {"hf_model"},
-             "deploy": {"deployment"}}
+             "eval": {"eval_results"}, "deploy": {"deployment"}, "agent": set()}
 # node -> {role: upstream node}
 LINEAGE = {"chat_data": {"tokenizer": "data"}, "pretrain": {"corpus": "data"},
-           "tune": {"model": "pretrain", "conversations": "chat_data"}, "deploy": {"model": "tune"}}
+           "tune": {"model": "pretrain", "conversations": "chat_data"},
+           "eval": {"corpus": "data", "tasks": "chat_data"}, "deploy": {"model": "tune"},
+           "agent": {"endpoint": "deploy", "tasks": "chat_data"}}
 
 
 def manifests(root) -> dict[str, dict]:
@@ -68,6 +71,8 @@ def test_tokenizer_keeps_digits_apart_and_the_model_learned(tiny_run):
     # an untrained model predicts ~uniformly: perplexity ~ the (padded) vocabulary; even the CI
     # run's 60 steps take the held-out perplexity below half of that
     assert math.exp(pre["val_loss"]) < 0.5 * pre["padded_vocab_size"]
+    # measured against the model's own initialisation (the demo's summary row)
+    assert pre["val_perplexity"] < 0.5 * pre["init_val_perplexity"]
     tune = found["tune"]["metrics"]
     assert tune["last_loss"] < tune["first_loss"] and tune["train_dropped"] == 0
     assert tune["train_records"] == 160 and tune["eval_loss"] < tune["first_loss"]
@@ -83,6 +88,40 @@ def test_deploy_served_the_tuned_model_and_load_tested_it(tiny_run):
         assert metrics[f"bench_c{c}_latency_p50_s"] > 0
     bench = json.loads((deploy["_dir"] / "bench" / "bench.json").read_text())
     assert bench
+
+
+def test_eval_scores_base_and_tuned_models_in_one_opencompass_run(tiny_run):
+    from fullchain.core.contracts import read_eval_results
+
+    root, _, _ = tiny_run
+    found = manifests(root)
+    manifest = found["eval"]
+    assert [m["node"] for m in manifest["inputs"]["models"]] == ["pretrain", "tune"]
+    assert [m["step_id"] for m in manifest["inputs"]["models"]] == [found["pretrain"]["step_id"],
+                                                                      found["tune"]["step_id"]]
+    assert manifest["environment"]["packages"].get("opencompass"), "eval ran outside its environment"
+    scores = {(r.model, r.benchmark, r.metric): r for r in read_eval_results(manifest["_dir"]).rows}
+    for model in ("pretrain", "tune"):
+        bpb = scores[(model, "heldout", "bits_per_byte")]
+        assert 0 < bpb.score < 16 and bpb.num_items > 0
+    tool = {k: r for k, r in scores.items() if k[1].startswith("tool_use")}
+    assert {(m, metric) for m, _, metric in tool} >= {("tune", "format_validity"), ("tune", "exact_expression")}
+    assert all(r.num_items == 8 and 0 <= r.score <= 100 for r in tool.values())
+    for name in ("results.md", "results.csv", "results.png"):
+        assert (manifest["_dir"] / name).stat().st_size > 0, name
+
+
+def test_agent_ran_on_the_served_model_with_and_without_tools(tiny_run):
+    root, _, _ = tiny_run
+    agent = manifests(root)["agent"]
+    results = json.loads((agent["_dir"] / "results.json").read_text())
+    rows = {(r["set"], r["mode"]): r for r in results["results"]}
+    assert set(rows) == {("heldout", "tools"), ("heldout", "no_tools")}
+    assert all(r["tasks"] == 4 and 0 <= r["success_rate"] <= 1 and r["server_errors"] == 0
+               for r in rows.values())
+    trajectories = (agent["_dir"] / "trajectories.jsonl").read_text().splitlines()
+    assert len(trajectories) == 8
+    assert results["protocol"] == "function_calling"
 
 
 def test_chat_data_makes_the_tool_use_conversations_and_tasks(tiny_run):
