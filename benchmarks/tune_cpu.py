@@ -210,18 +210,29 @@ def main() -> None:
     print(f"load average at end: {os.getloadavg()}")
 
 
+RATES = (("tokens_per_second", "tokens/s"), ("tokens_per_cpu_second", "tokens per CPU-s"))
+
+
+def _abba(rounds: int, a, b) -> tuple[list, list]:
+    """Interleaved A B B A windows, `rounds` times: a drift in the machine's load hits both sides
+    alike. Returns (A's results, B's results)."""
+    first, second = [], []
+    for _ in range(rounds):
+        first.append(a())
+        second.append(b())
+        second.append(b())
+        first.append(a())
+    return first, second
+
+
 def _compare_lora(root: Path, args: argparse.Namespace) -> None:
     import statistics
 
     print(f"1. LoRA SFT, small shape, seq {SEQ}, micro {MICRO}, global {GLOBAL}, {args.steps} steps "
           f"(first excluded), {args.threads} threads", flush=True)
-    ours, base = [], []
-    for _ in range(args.rounds):
-        base.append(_spawn(root, "baseline", args.steps, args.threads))
-        ours.append(_spawn(root, "ours", args.steps, args.threads))
-        ours.append(_spawn(root, "ours", args.steps, args.threads))
-        base.append(_spawn(root, "baseline", args.steps, args.threads))
-    for key, unit in (("tokens_per_second", "tokens/s"), ("tokens_per_cpu_second", "tokens per CPU-s")):
+    base, ours = _abba(args.rounds, lambda: _spawn(root, "baseline", args.steps, args.threads),
+                       lambda: _spawn(root, "ours", args.steps, args.threads))
+    for key, unit in RATES:
         mine, theirs = (statistics.median(r[key] for r in side) for side in (ours, base))
         print(f"   ours {mine:.1f} vs HF Trainer + peft {theirs:.1f} {unit}: ratio {mine / theirs:.3f} "
               "(goal >= 1.0)", flush=True)
@@ -231,13 +242,9 @@ def _compare_packing(root: Path, args: argparse.Namespace) -> None:
     import statistics
 
     print("2. packed vs unpacked effective (non-pad) tokens/s, LoRA", flush=True)
-    unpacked, packed = [], []
-    for _ in range(args.rounds):
-        unpacked.append(_spawn(root, "ours", args.steps, args.threads))
-        packed.append(_spawn(root, "ours", args.steps, args.threads, packing=True))
-        packed.append(_spawn(root, "ours", args.steps, args.threads, packing=True))
-        unpacked.append(_spawn(root, "ours", args.steps, args.threads))
-    for key, unit in (("tokens_per_second", "tokens/s"), ("tokens_per_cpu_second", "tokens per CPU-s")):
+    unpacked, packed = _abba(args.rounds, lambda: _spawn(root, "ours", args.steps, args.threads),
+                             lambda: _spawn(root, "ours", args.steps, args.threads, packing=True))
+    for key, unit in RATES:
         mine, theirs = (statistics.median(r[key] for r in side) for side in (packed, unpacked))
         print(f"   packed {mine:.1f} vs unpacked {theirs:.1f} {unit}: ratio {mine / theirs:.2f} "
               "(expect > 1.5)", flush=True)
