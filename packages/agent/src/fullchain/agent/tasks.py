@@ -9,10 +9,11 @@ train), else the last number in it.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
+
+from fullchain.core.artifact import jsonl_objects
 
 SYSTEM_PROMPT = ("You are a careful assistant. Use the tool for every arithmetic step, then give "
                  "the final answer as 'The answer is N.'")
@@ -27,16 +28,8 @@ BFCL_FILES = {"bfcl_simple": "BFCL_v4_simple_python.json", "bfcl_multiple": "BFC
 def _jsonl(path: Path, limit: int) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            rows.append((number, record))
+        for row in jsonl_objects(handle, path):
+            rows.append(row)
             if limit and len(rows) >= limit:
                 break
     return rows

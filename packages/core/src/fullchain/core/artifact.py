@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,21 @@ def payload_checksums(root: Path) -> dict[str, str]:
 
 class ArtifactError(RuntimeError):
     """An artifact directory is missing, incomplete or has an unreadable manifest."""
+
+
+def jsonl_objects(lines: Iterable[str], where: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines text; a line that is not a
+    JSON object is a ValueError naming `where:line`."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}:{number}: expected a JSON object")
+        yield number, record
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

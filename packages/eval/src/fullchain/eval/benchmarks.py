@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fullchain.core.artifact import jsonl_objects
+
 CONVERSION_VERSION = 1
 """Bump when any conversion's output changes for the same input (recorded with every score)."""
 
@@ -83,16 +85,10 @@ def content_hash(files: list[Path]) -> str:
 
 def _jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with _open_text(file) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{file}:{number}: not valid JSON: {exc}") from None
-            if not isinstance(record, dict):
-                raise BenchmarkError(f"{file}:{number}: expected a JSON object")
-            yield number, record
+        try:
+            yield from jsonl_objects(handle, file)
+        except ValueError as exc:  # a malformed line, named by file:line
+            raise BenchmarkError(str(exc)) from None
 
 
 def _csv(file: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
