@@ -3,8 +3,10 @@ tiny HF models as step artifacts (the data stage's tokenizer recipe, a 2-layer L
 synthetic tool-use task from chat_data's generator, a packed validation split, and a canned
 OpenAI-compatible server that answers the first k distinct items of each benchmark right (gold
 read from the ORIGINAL files in ../shared/data, independently of the stage's conversions)."""
+import bz2
 import csv
 import glob
+import gzip
 import json
 import os
 import re
@@ -22,7 +24,7 @@ SHARED_DATA = Path(os.environ.get("FULLCHAIN_SHARED_DATA", ROOT / ".." / "shared
 EVAL_PYTHON = ROOT / ".venvs" / "eval" / "bin" / "python"
 SFT_DEMO = SHARED_DATA / "llamafactory-sft-demo" / "alpaca_en_demo.json"
 
-BENCHMARKS = [  # the `benchmarks=shared` list (conf/benchmarks/shared.yaml), every supported one
+BENCHMARKS = [  # the `benchmarks=shared` list (conf/benchmarks/shared.yaml), every supported one (+ arc_easy, hellaswag)
     {"name": "gsm8k", "path": f"{SHARED_DATA}/gsm8k/test.jsonl", "text_fields": ["question"]},
     {"name": "arc_challenge", "path": f"{SHARED_DATA}/arc/arc_challenge.jsonl", "text_fields": ["query"], "mode": "ppl"},
     {"name": "arc_easy", "path": f"{SHARED_DATA}/arc/arc_easy.jsonl", "text_fields": ["query"], "mode": "ppl"},
@@ -30,7 +32,17 @@ BENCHMARKS = [  # the `benchmarks=shared` list (conf/benchmarks/shared.yaml), ev
     {"name": "mmlu", "path": f"{SHARED_DATA}/mmlu/test/*.csv", "text_fields": ["question"], "mode": "ppl"},
     {"name": "ceval", "path": f"{SHARED_DATA}/ceval/val/*.csv", "text_fields": ["question"], "mode": "ppl"},
     {"name": "cmmlu", "path": f"{SHARED_DATA}/cmmlu/test/*.csv", "text_fields": ["Question"], "mode": "ppl"},
+    {"name": "hellaswag", "path": f"{SHARED_DATA}/hellaswag/hellaswag_val_full.txt.bz2", "text_fields": ["query"], "mode": "ppl"},
+    *({"name": name, "path": f"{SHARED_DATA}/llmfoundry-commonsense-mc/{name}.jsonl", "text_fields": ["query"], "mode": "ppl"}
+      for name in ("piqa", "copa", "openbook_qa", "commonsense_qa")),  # (shared.yaml: a superset of text_fields)
+    {"name": "winogrande", "path": f"{SHARED_DATA}/llmfoundry-commonsense-mc/winogrande.jsonl",
+     "text_fields": ["context_options", "continuation"], "mode": "ppl"},
+    {"name": "truthfulqa_mc1", "path": f"{SHARED_DATA}/truthfulqa/TruthfulQA.csv", "text_fields": ["Question"], "mode": "ppl"},
+    {"name": "truthfulqa_gen", "path": f"{SHARED_DATA}/truthfulqa/TruthfulQA.csv", "text_fields": ["Question"]},
+    {"name": "humaneval", "path": f"{SHARED_DATA}/humaneval/HumanEval.jsonl.gz", "text_fields": ["prompt"]},
 ]
+METRICS = {"truthfulqa_gen": "rougeL_acc", "humaneval": "pass@1"}
+"""The headline metric of a benchmark whose metric is not `accuracy`."""
 
 
 # ---------------------------------------------------------------------------- environment
@@ -189,8 +201,21 @@ def corpus(eval_tokenizer, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------- canned server
 
 
-def gold_items() -> dict[str, tuple[str, str, str]]:
-    """Question text -> (benchmark, right reply, wrong reply), read from the original files."""
+def _truthfulqa(best: str, wrong: str):
+    """TruthfulQA's two benchmarks share the question: its MC1 prompt lists lettered options
+    (right: the letter of the best answer, wherever the conversion shuffled it), the generation
+    prompt does not (right: the best answer's text, wrong: an incorrect answer's)."""
+    def variant(prompt: str) -> tuple[str, str, str]:
+        options = dict((m.group(2).strip(), m.group(1)) for m in re.finditer(r"^([A-P])\. (.*)$", prompt, re.M))
+        if options:
+            return "truthfulqa_mc1", options[best], options[wrong]
+        return "truthfulqa_gen", best, wrong
+    return variant
+
+
+def gold_items() -> dict[str, tuple]:
+    """Question text -> (benchmark, right reply, wrong reply), read from the original files;
+    TruthfulQA's entry is a function of the prompt (see _truthfulqa)."""
     items: dict[str, tuple[str, str, str]] = {}
     letters = "ABCD"
     for line in (SHARED_DATA / "gsm8k" / "test.jsonl").read_text().splitlines():
@@ -212,6 +237,32 @@ def gold_items() -> dict[str, tuple[str, str, str]]:
                 for row in csv.DictReader(handle):
                     gold = row[answer] if row[answer] in letters else letters[int(row[answer])]
                     items[row[question]] = (name, gold, letters[(letters.index(gold) + 1) % 4])
+    foundry = SHARED_DATA / "llmfoundry-commonsense-mc"
+    for name in ("piqa", "copa", "openbook_qa", "commonsense_qa", "winogrande"):
+        for line in (foundry / f"{name}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if name == "winogrande":  # twin items share their contexts: the whole first sentence
+                key, n = f"{record['context_options'][0]} {record['continuation']}", 2
+            elif name == "commonsense_qa":  # the question before the lettered choices in `query`
+                key, n = record["query"].split("\nChoices:")[0].removeprefix("Question: "), len(record["choices"])
+            else:
+                key, n = record["query"][-200:], len(record["choices"])
+            items[key] = (name, "ABCDE"[record["gold"]], "ABCDE"[(record["gold"] + 1) % n])
+    with bz2.open(SHARED_DATA / "hellaswag" / "hellaswag_val_full.txt.bz2", "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    for start in range(0, len(lines) - 5, 6):
+        gold = int(lines[start + 1])
+        items[lines[start].split(": ", 1)[1]] = ("hellaswag", "ABCD"[gold], "ABCD"[(gold + 1) % 4])
+    with open(SHARED_DATA / "truthfulqa" / "TruthfulQA.csv", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            correct = [a.strip() for a in row["Correct Answers"].split(";")]
+            wrong = next(a.strip() for a in row["Incorrect Answers"].split(";") if a.strip() not in correct)
+            items[row["Question"].strip()] = (_truthfulqa(row["Best Answer"].strip(), wrong),)
+    with gzip.open(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            problem = json.loads(line)
+            items[problem["prompt"]] = ("humaneval", f"```python\n{problem['prompt']}{problem['canonical_solution']}```",
+                                        f"```python\n{problem['prompt']}    raise NotImplementedError\n```")
     return items
 
 
@@ -228,7 +279,7 @@ class CannedServer:
             self.items[task["question"]] = ("tool_use", f"<tool_call>\n{call}\n</tool_call>",
                                             "I think the answer is 12.")
         self.keys = sorted(self.items, key=len, reverse=True)
-        self.decided: dict[str, bool] = {}
+        self.decided: dict[tuple[str, str], bool] = {}
         self.counts: dict[str, int] = {}
         self.unknown: list[str] = []
         self.tool_roles: set[str] = set()
@@ -243,12 +294,13 @@ class CannedServer:
         if key is None:
             self.unknown.append(prompt[-300:])
             return "?"
-        benchmark, right, wrong = self.items[key]
+        entry = self.items[key]
+        benchmark, right, wrong = entry[0](prompt) if len(entry) == 1 else entry
         with self.lock:
-            if key not in self.decided:
+            if (benchmark, key) not in self.decided:
                 self.counts[benchmark] = self.counts.get(benchmark, 0) + 1
-                self.decided[key] = self.counts[benchmark] <= self.right
-            return right if self.decided[key] else wrong
+                self.decided[(benchmark, key)] = self.counts[benchmark] <= self.right
+            return right if self.decided[(benchmark, key)] else wrong
 
     def _handler(self):
         canned = self

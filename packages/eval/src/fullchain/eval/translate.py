@@ -17,6 +17,13 @@ from fullchain.eval.benchmarks import Converted
 from fullchain.eval.config import EvalConfig
 
 GSM8K_PROMPT = "Question: {question}\nLet's think step by step\nAnswer:"
+# OpenCompass's own prompts (configs/datasets/hellaswag/hellaswag_gen_6faab5.py,
+# humaneval/humaneval_gen_8e312c.py); TruthfulQA's QA format (without its few-shot primer)
+HELLASWAG_GEN_PROMPT = ("{ctx}\nQuestion: Which ending makes the most sense?\n"
+                        "A. {A}\nB. {B}\nC. {C}\nD. {D}\n"
+                        "You may choose from 'A', 'B', 'C', 'D'.\nAnswer:")
+HUMANEVAL_PROMPT = "Complete the following python code:\n{prompt}"
+TRUTHFULQA_PROMPT = "Q: {question}\nA:"
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,10 @@ def model_config(spec: ModelSpec, cfg: EvalConfig) -> dict[str, Any]:
                     meta_template=CHAT_META_TEMPLATE,
                     openai_api_base=spec.path, tokenizer_path=spec.tokenizer,
                     max_seq_len=cfg.max_seq_len, max_out_len=cfg.max_new_tokens,
-                    batch_size=cfg.endpoint_concurrency, query_per_second=1000,
+                    # OpenCompass sends a batch's requests at once from max_workers threads
+                    # (default min(32, 2 * (cpus + 5))), rate-capped by query_per_second
+                    batch_size=cfg.endpoint_concurrency, max_workers=cfg.endpoint_concurrency,
+                    query_per_second=1000,
                     retry=cfg.endpoint_retries + 1, temperature=0.0)
     if spec.kind == "chat":
         return dict(type=HuggingFacewithChatTemplate, abbr=spec.name, path=spec.path,
@@ -88,6 +98,10 @@ def dataset_config(bench: Converted, mode: str, cfg: EvalConfig) -> dict[str, An
             eval_cfg=dict(evaluator=dict(type=Gsm8kEvaluator),
                           pred_postprocessor=dict(type=gsm8k_postprocess),
                           dataset_postprocessor=dict(type=gsm8k_dataset_postprocess)))
+    if bench.kind == "hellaswag":
+        return _hellaswag_config(bench, abbr, mode, cfg)
+    if bench.kind in ("truthfulqa_gen", "humaneval"):
+        return _oc_task_config(bench, abbr, cfg)
     from opencompass.datasets.custom import make_mcq_gen_config, make_mcq_ppl_config
 
     make = make_mcq_ppl_config if mode == "ppl" else make_mcq_gen_config
@@ -96,6 +110,64 @@ def dataset_config(bench: Converted, mode: str, cfg: EvalConfig) -> dict[str, An
     if mode == "gen":
         dataset["infer_cfg"]["inferencer"]["max_out_len"] = cfg.max_new_tokens
     return dataset
+
+
+def _hellaswag_config(bench: Converted, abbr: str, mode: str, cfg: EvalConfig) -> dict[str, Any]:
+    """OpenCompass's HellaswagDataset_V2 (context = the query after its FIRST ': '; the V1 loader
+    splits at the second one and silently cuts the 218 contexts that hold another ': ') and its
+    AccEvaluator. ppl: each ending ranked as the continuation of the context (the template of
+    hellaswag_ppl_47bff9 keyed by the V2 loader's letters); gen: hellaswag_gen_6faab5."""
+    from opencompass.datasets import HellaswagDataset_V2
+    from opencompass.openicl.icl_evaluator import AccEvaluator
+    from opencompass.openicl.icl_inferencer import GenInferencer, PPLInferencer
+    from opencompass.openicl.icl_prompt_template import PromptTemplate
+    from opencompass.openicl.icl_retriever import ZeroRetriever
+    from opencompass.utils.text_postprocessors import first_option_postprocess
+
+    if mode == "ppl":
+        template = {letter: dict(round=[dict(role="HUMAN", prompt="{ctx}"),
+                                        dict(role="BOT", prompt=f"{{{letter}}}")]) for letter in "ABCD"}
+        inferencer: dict[str, Any] = dict(type=PPLInferencer)
+        eval_cfg: dict[str, Any] = dict(evaluator=dict(type=AccEvaluator))
+    else:
+        template = dict(round=[dict(role="HUMAN", prompt=HELLASWAG_GEN_PROMPT)])
+        inferencer = dict(type=GenInferencer, max_out_len=cfg.max_new_tokens)
+        eval_cfg = dict(evaluator=dict(type=AccEvaluator), pred_role="BOT",
+                        pred_postprocessor=dict(type=first_option_postprocess, options="ABCD"))
+    return dict(abbr=abbr, type=HellaswagDataset_V2, path=str(bench.path),
+                reader_cfg=dict(input_columns=["ctx", "A", "B", "C", "D"], output_column="label"),
+                infer_cfg=dict(prompt_template=dict(type=PromptTemplate, template=template),
+                               retriever=dict(type=ZeroRetriever), inferencer=inferencer),
+                eval_cfg=eval_cfg)
+
+
+def _oc_task_config(bench: Converted, abbr: str, cfg: EvalConfig) -> dict[str, Any]:
+    """TruthfulQA generation (local ROUGE-L) and HumanEval (OpenCompass's HumanevalDataset,
+    sandboxed execution): generation only, see oc_tasks.py."""
+    from fullchain.eval.oc_tasks import (
+        HumanEvalSandboxEvaluator,
+        TruthfulQAGenDataset,
+        TruthfulQARougeEvaluator,
+    )
+    from opencompass.datasets import HumanevalDataset
+    from opencompass.openicl.icl_inferencer import GenInferencer
+    from opencompass.openicl.icl_prompt_template import PromptTemplate
+    from opencompass.openicl.icl_retriever import ZeroRetriever
+
+    if bench.kind == "humaneval":
+        dataset_type, prompt, columns = HumanevalDataset, HUMANEVAL_PROMPT, (["prompt"], "task_id")
+        evaluator = dict(type=HumanEvalSandboxEvaluator, timeout_s=cfg.humaneval_timeout_s,
+                         memory_mb=cfg.humaneval_memory_mb, workers=cfg.humaneval_workers)
+    else:
+        dataset_type, prompt, columns = TruthfulQAGenDataset, TRUTHFULQA_PROMPT, (["question"], "best_answer")
+        evaluator = dict(type=TruthfulQARougeEvaluator)
+    return dict(abbr=abbr, type=dataset_type, path=str(bench.path),
+                reader_cfg=dict(input_columns=columns[0], output_column=columns[1]),
+                infer_cfg=dict(prompt_template=dict(type=PromptTemplate, template=dict(
+                    round=[dict(role="HUMAN", prompt=prompt)])),
+                    retriever=dict(type=ZeroRetriever),
+                    inferencer=dict(type=GenInferencer, max_out_len=cfg.max_new_tokens)),
+                eval_cfg=dict(evaluator=evaluator, pred_role="BOT"))
 
 
 def tool_use_config(path: Path, tools: list[dict], cfg: EvalConfig) -> dict[str, Any]:
@@ -161,10 +233,16 @@ def to_opencompass_config(cfg: EvalConfig, models: list[ModelSpec],
         return dict(type=LocalRunner, max_num_workers=cfg.max_num_workers,
                     debug=cfg.runner == "debug", task=dict(type=task))
 
+    # In-process (debug) tasks run one after another anyway: one task per model holding all its
+    # datasets. OpenCompass writes every task's config through yapf before running it (~1.8 s
+    # per one-dataset task on this machine; 6 s for one holding 18), so one task per dataset
+    # cost ~1 min of the 18-benchmark run. Subprocess and SLURM runners keep one task per
+    # dataset, which is what they run in parallel.
+    per_task = max(1, len(datasets)) if cfg.runner == "debug" else 1
     return dict(models=list(model_cfgs.values()), datasets=list(datasets.values()),
                 model_dataset_combinations=combinations, work_dir=str(work_dir),
-                infer=dict(partitioner=dict(type=NaivePartitioner), runner=runner(OpenICLInferTask)),
-                eval=dict(partitioner=dict(type=NaivePartitioner), runner=runner(OpenICLEvalTask)))
+                infer=dict(partitioner=dict(type=NaivePartitioner, n=per_task), runner=runner(OpenICLInferTask)),
+                eval=dict(partitioner=dict(type=NaivePartitioner, n=per_task), runner=runner(OpenICLEvalTask)))
 
 
 # ---------------------------------------------------------------------------- config file
