@@ -165,7 +165,7 @@ def tool_tasks(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def corpus(eval_tokenizer, tmp_path_factory) -> Path:
     """A data artifact: packed train/valid splits (Megatron's builder) of alpaca text, the
-    tokenizer, and a decontamination.json that flags (keeps) 2 gsm8k items and dropped 1 mmlu."""
+    tokenizer, and a decontamination.json that flags (keeps) 2 gsm8k items, one of them scored."""
     import shutil
 
     import numpy as np
@@ -191,9 +191,12 @@ def corpus(eval_tokenizer, tmp_path_factory) -> Path:
     write_packed_corpus(artifact, tokenizer="tokenizer", vocab_size=len(tokenizer),
                         eod_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, bos_id=None,
                         dtype="int32", splits=splits)
+    # found: the first gsm8k item the tiny-models test scores (3 items, seed 0) and one it does not
+    from fullchain.eval.benchmarks import convert
+    scored = convert("gsm8k", f"{SHARED_DATA}/gsm8k/test.jsonl", artifact / "drawn", max_items=3).item_ids
     (artifact / "decontamination.json").write_text(json.dumps({
         "ngram_size": 13, "action": "flag", "contaminated_documents": 2, "benchmarks": {
-            "gsm8k": {"items": 1319, "items_found": 2, "found_item_ids": ["a", "b"]},
+            "gsm8k": {"items": 1319, "items_found": 2, "found_item_ids": sorted([scored[0], "test.jsonl:1319"])},
             "mmlu": {"items": 14042, "items_found": 0, "found_item_ids": []}}}))
     return artifact
 

@@ -81,7 +81,9 @@ def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_art
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0] == "benchmark,metric,items,contamination,pretrain,tune"
     gsm8k_row = next(line for line in csv_lines if line.startswith("gsm8k/gen"))
-    assert "CONTAMINATED (2 items found, kept)" in gsm8k_row
+    assert "CONTAMINATED (2 items found, kept); 1 of them scored" in gsm8k_row
+    marks = json.loads((out / "pins.json").read_text())["contamination"]
+    assert marks["gsm8k"]["scored_found"] == 1 and marks["mmlu"]["scored_found"] == 0
     assert ",clean," in next(line for line in csv_lines if line.startswith("mmlu/ppl"))
     assert (out / "results.png").stat().st_size > 1000
     assert "| gsm8k/gen | accuracy | 3 | CONTAMINATED" in (out / "results.md").read_text()

@@ -93,6 +93,10 @@ def test_results_files_and_contamination_marks(tmp_path):
         "gsm8k": {"items": 10, "items_found": 2}, "mmlu": {"items": 10, "items_found": 0}}}))
     marks = contamination(decontam)
     assert marks["gsm8k"]["contaminated"] and not marks["mmlu"]["contaminated"]
+    decontam.write_text(json.dumps({"action": "flag", "benchmarks": {
+        "gsm8k": {"items": 10, "items_found": 2, "found_item_ids": ["test.jsonl:3", "test.jsonl:9"]}}}))
+    scored = contamination(decontam, {"gsm8k": ["test.jsonl:1", "test.jsonl:3"]})["gsm8k"]
+    assert scored["scored_found_ids"] == ["test.jsonl:3"] and scored["scored_found"] == 1
     dropped = tmp_path / "dropped.json"
     dropped.write_text(json.dumps({"action": "drop", "benchmarks": {"gsm8k": {"items": 10, "items_found": 2}}}))
     assert not contamination(dropped)["gsm8k"]["contaminated"]
@@ -144,7 +148,7 @@ def test_hellaswag_six_line_text_to_query_choices_gold(tmp_path):
     good.write_bytes(bz2.compress(text.encode()))
     converted = convert("hellaswag", str(good), tmp_path / "out")
     rows = _rows_of(converted)
-    assert converted.item_ids == ["h.txt.bz2:1", "h.txt.bz2:7"]  # the first line of each item
+    assert converted.item_ids == ["h.txt:1", "h.txt:7"]  # the first line of each item, named as data names it
     assert rows[0] == {"query": "Roof shingle removal: A man is sitting on a roof. he", "gold": 3, "choices": [
         "is using wrap.", "is ripping tiles.", "is holding a cube.", "starts pulling up roofing."]}
     assert rows[1]["query"] == "Cooking: Note: she says: stir" and rows[1]["gold"] == 0

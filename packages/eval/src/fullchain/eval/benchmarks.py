@@ -74,6 +74,7 @@ class Converted:
     file_hash: str = ""
     """sha256 over the source files' bytes (in sorted order)."""
     item_ids: list[str] = field(default_factory=list)
+    """The scored items, named as the data stage's decontamination.json names them (item_id)."""
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -131,6 +132,13 @@ def _need(record: dict, key: str, kind: type, where: str) -> Any:
 # Each yields (item id, record in the target layout).
 
 
+def item_id(file: Path, number: int) -> str:
+    """An item's id as the data stage's decontamination names it (found_item_ids): the file name
+    without .gz/.bz2, then the line of a JSON Lines item (the first of a HellaSwag item) or the
+    ordinal + 1 of a CSV record (the header is 1)."""
+    return f"{file.name.removesuffix('.gz').removesuffix('.bz2')}:{number}"
+
+
 def _read_gsm8k(files: list[Path]) -> Iterator[tuple[str, dict]]:
     for file in files:
         for number, record in _jsonl(file):
@@ -139,7 +147,7 @@ def _read_gsm8k(files: list[Path]) -> Iterator[tuple[str, dict]]:
             answer = _need(record, "answer", str, where)
             if "#### " not in answer:
                 raise BenchmarkError(f"{where}: field 'answer' has no '#### <number>' final answer")
-            yield f"{file.name}:{number}", {"question": record["question"], "answer": answer}
+            yield item_id(file, number), {"question": record["question"], "answer": answer}
 
 
 def _mcq(question: str, choices: list[str], gold: int, where: str) -> dict[str, str]:
@@ -159,7 +167,7 @@ def _read_foundry(files: list[Path]) -> Iterator[tuple[str, dict]]:
             gold = _need(record, "gold", int, where)
             if query.startswith("Question: "):  # the mcq template writes its own "Question: "
                 query = query[len("Question: "):]
-            yield f"{file.name}:{number}", _mcq(query, choices, gold, where)
+            yield item_id(file, number), _mcq(query, choices, gold, where)
 
 
 def _letter(value: str, options: int, where: str, field_name: str) -> int:
@@ -175,12 +183,12 @@ def _letter(value: str, options: int, where: str, field_name: str) -> int:
 def _read_csv_mcq(files: list[Path], question: str, choices: tuple[str, ...],
                   answer: str) -> Iterator[tuple[str, dict]]:
     for file in files:
-        for number, record in _csv(file, (question, *choices, answer)):
+        for ordinal, (number, record) in enumerate(_csv(file, (question, *choices, answer)), start=2):
             where = f"{file}:{number}"
             gold = _letter(record[answer], len(choices), where, answer)
             item = _mcq(record[question], [record[c] for c in choices], gold, where)
             item["subject"] = file.stem.removesuffix("_test").removesuffix("_val")
-            yield f"{file.name}:{number}", item
+            yield item_id(file, ordinal), item
 
 
 def _read_commonsense_qa(files: list[Path]) -> Iterator[tuple[str, dict]]:
@@ -199,7 +207,7 @@ def _read_commonsense_qa(files: list[Path]) -> Iterator[tuple[str, dict]]:
             if letters != list(LETTERS[:len(lines)]) or _need(record, "choices", list, where) != letters:
                 raise BenchmarkError(f"{where}: choices {letters} in 'query' do not match "
                                      f"field 'choices' {record['choices']}")
-            yield f"{file.name}:{number}", _mcq(stem.strip(), [line[3:] for line in lines], gold, where)
+            yield item_id(file, number), _mcq(stem.strip(), [line[3:] for line in lines], gold, where)
 
 
 def _read_winogrande(files: list[Path]) -> Iterator[tuple[str, dict]]:
@@ -211,7 +219,7 @@ def _read_winogrande(files: list[Path]) -> Iterator[tuple[str, dict]]:
             gold = _need(record, "gold", int, where)
             if len(contexts) != 2 or not all(isinstance(c, str) for c in contexts):
                 raise BenchmarkError(f"{where}: field 'context_options' must be 2 strings")
-            yield f"{file.name}:{number}", _mcq(WINOGRANDE_Q, [f"{c} {continuation}" for c in contexts],
+            yield item_id(file, number), _mcq(WINOGRANDE_Q, [f"{c} {continuation}" for c in contexts],
                                                 gold, where)
 
 
@@ -232,43 +240,43 @@ def _read_hellaswag(files: list[Path]) -> Iterator[tuple[str, dict]]:
                 raise BenchmarkError(f"{where}: {context[:60]!r} is not '<activity label>: <context>'")
             if label not in ("0", "1", "2", "3"):
                 raise BenchmarkError(f"{file}:{start + 2}: gold {label[:20]!r} is not 0-3")
-            yield f"{file.name}:{start + 1}", {"query": context, "choices": endings, "gold": int(label)}
+            yield item_id(file, start + 1), {"query": context, "choices": endings, "gold": int(label)}
 
 
 def _truthfulqa_rows(files: list[Path]) -> Iterator[tuple[str, str, dict]]:
     fields = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
     for file in files:
-        for number, record in _csv(file, fields):
+        for ordinal, (number, record) in enumerate(_csv(file, fields), start=2):
             where = f"{file}:{number}"
             empty = [k for k in fields if not record[k].strip()]
             if empty:
                 raise BenchmarkError(f"{where}: field(s) {empty} empty")
             split = {k: [a.strip() for a in record[k].split(";") if a.strip()] for k in fields[2:]}
-            yield f"{file.name}:{number}", where, {
+            yield item_id(file, ordinal), where, {
                 "question": record["Question"].strip(), "best_answer": record["Best Answer"].strip(),
                 "correct_answers": split["Correct Answers"], "incorrect_answers": split["Incorrect Answers"]}
 
 
 def _read_truthfulqa_mc1(files: list[Path]) -> Iterator[tuple[str, dict]]:
-    for item_id, where, row in _truthfulqa_rows(files):
+    for item, where, row in _truthfulqa_rows(files):
         choices = [row["best_answer"], *row["incorrect_answers"]]
         if len(choices) > len(LETTERS):
             raise BenchmarkError(f"{where}: {len(choices)} answers, at most {len(LETTERS)} supported")
         order = list(range(len(choices)))
         random.Random(row["question"]).shuffle(order)  # seeded by the text: the same on every run
-        yield item_id, _mcq(row["question"], [choices[i] for i in order], order.index(0), where)
+        yield item, _mcq(row["question"], [choices[i] for i in order], order.index(0), where)
 
 
 def _read_truthfulqa_gen(files: list[Path]) -> Iterator[tuple[str, dict]]:
-    for item_id, _, row in _truthfulqa_rows(files):
-        yield item_id, row
+    for item, _, row in _truthfulqa_rows(files):
+        yield item, row
 
 
 def _read_humaneval(files: list[Path]) -> Iterator[tuple[str, dict]]:
     for file in files:
         for number, record in _jsonl(file):
             where = f"{file}:{number}"
-            yield f"{file.name}:{number}", {key: _need(record, key, str, where) for key in (
+            yield item_id(file, number), {key: _need(record, key, str, where) for key in (
                 "task_id", "prompt", "canonical_solution", "test", "entry_point")}
 
 
@@ -338,7 +346,7 @@ def convert(name: str, pattern: str, out_dir: Path, max_items: int | None = None
         _write_jsonl(path, rows)
     return Converted(name=name, kind=kind, path=path, num_items=len(chosen), total_items=len(items),
                      options=options, file_hash=content_hash(files),
-                     item_ids=[item_id for item_id, _ in chosen])
+                     item_ids=[item for item, _ in chosen])
 
 
 def _write_jsonl(file: Path, rows: list[dict]) -> None:

@@ -34,9 +34,11 @@ def label(row: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- contamination
 
 
-def contamination(file: Path) -> dict[str, dict[str, Any]]:
+def contamination(file: Path, scored: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
     """Per benchmark, from the data stage's decontamination.json: items found in the corpus,
-    the action (drop or flag) and `contaminated` = found and kept (flagged, not dropped)."""
+    the action (drop or flag) and `contaminated` = found and kept (flagged, not dropped). With
+    `scored` ({benchmark: ids of the items scored}, ids as the data stage names them), also
+    which of the scored items were found (`scored_found_ids`, `scored_found`)."""
     if not Path(file).is_file():
         return {}
     doc = json.loads(Path(file).read_text(encoding="utf-8"))
@@ -46,6 +48,10 @@ def contamination(file: Path) -> dict[str, dict[str, Any]]:
         found = int(entry.get("items_found", 0))
         out[name] = {"items_found": found, "items": int(entry.get("items", 0)), "action": action,
                      "contaminated": found > 0 and action == "flag"}
+        if scored is not None and name in scored:
+            ids = set(entry.get("found_item_ids") or [])
+            out[name]["scored_found_ids"] = [i for i in scored[name] if i in ids]
+            out[name]["scored_found"] = len(out[name]["scored_found_ids"])
     return out
 
 
@@ -53,8 +59,9 @@ def _mark(benchmark: str, marks: dict[str, dict]) -> str:
     entry = marks.get(benchmark.split("/")[0])
     if not entry:
         return ""
+    scored = f"; {entry['scored_found']} of them scored" if "scored_found" in entry else ""
     if entry["contaminated"]:
-        return f"CONTAMINATED ({entry['items_found']} items found, kept)"
+        return f"CONTAMINATED ({entry['items_found']} items found, kept){scored}"
     if entry["items_found"]:
         return f"{entry['items_found']} found, {'dropped' if entry['action'] == 'drop' else entry['action']}"
     return "clean"

@@ -340,7 +340,9 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
 
     contamination = {}
     if "corpus" in inputs and isinstance(inputs["corpus"], Artifact):
-        contamination = report.contamination(inputs["corpus"].path / "decontamination.json")
+        # which scored items the corpus held (ids as the data stage names them)
+        scored_ids = {b.name: b.item_ids for b, _ in benchmarks}
+        contamination = report.contamination(inputs["corpus"].path / "decontamination.json", scored_ids)
     write_outputs(out, rows, contamination)
     metrics: dict[str, Any] = {"models": [m.name for m in scored],
                                "opencompass_seconds": round(oc_seconds, 2),
