@@ -5,7 +5,7 @@ import sys
 
 import pytest
 from eval_testing import SHARED_DATA
-from fullchain.eval.benchmarks import BenchmarkError, convert
+from fullchain.eval.benchmarks import BenchmarkError, check_mode, convert
 from fullchain.eval.cli import main as eval_cli
 from fullchain.eval.config import EvalConfig
 from fullchain.eval.report import contamination, pins, write_tables
@@ -215,6 +215,8 @@ def test_humaneval_gunzipped_subset(tmp_path):
     rows = _rows_of(converted)
     assert converted.total_items == 164 and len(rows) == 4
     assert set(rows[0]) == {"task_id", "prompt", "canonical_solution", "test", "entry_point"}
+    with pytest.raises(BenchmarkError, match=r"benchmarks\[humaneval\].mode: ppl is not possible"):
+        check_mode(converted, "ppl")
     bad = tmp_path / "he.jsonl"
     bad.write_text('{"task_id": "x/0", "prompt": "def f():\\n"}\n')
     with pytest.raises(BenchmarkError, match=rf"{bad}:1: field 'canonical_solution' is None"):

@@ -309,6 +309,16 @@ def reader_for(name: str):
     return READERS[key]
 
 
+GENERATION_ONLY = ("truthfulqa_gen", "humaneval")
+"""Kinds scored only by generation (a free answer, a program): no perplexity ranking."""
+
+
+def check_mode(converted: Converted, mode: str) -> None:
+    if mode == "ppl" and converted.kind in GENERATION_ONLY:
+        raise BenchmarkError(f"benchmarks[{converted.name}].mode: ppl is not possible for "
+                             f"{converted.kind} (scored by generation only); use mode: gen")
+
+
 def draw(count: int, max_items: int | None, seed: int) -> list[int]:
     """Indices of the scored items: all, or `max_items` drawn with `seed`, in file order."""
     if max_items is None or max_items >= count:

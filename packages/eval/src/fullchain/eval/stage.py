@@ -34,7 +34,7 @@ from fullchain.core.contracts import (
     write_eval_results,
 )
 from fullchain.eval import report
-from fullchain.eval.benchmarks import CONVERSION_VERSION, convert, draw
+from fullchain.eval.benchmarks import CONVERSION_VERSION, check_mode, convert, draw
 from fullchain.eval.config import EvalConfig
 from fullchain.eval.translate import ModelSpec
 
@@ -245,6 +245,7 @@ def run(cfg: EvalConfig, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
     benchmarks = []
     for bench in cfg.benchmarks:
         converted = convert(bench.name, bench.path, data_dir, cfg.max_items, cfg.seed)
+        check_mode(converted, bench.mode)
         logger.info("benchmark %s: %d of %d items (%s)", bench.name, converted.num_items,
                     converted.total_items, converted.kind)
         benchmarks.append((converted, bench.mode))
