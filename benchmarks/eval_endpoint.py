@@ -60,7 +60,9 @@ for level in json.loads(levels):
         replies += model.generate(prompts[begin:begin + batch], max_out_len=int(new_tokens))
     seconds = time.perf_counter() - started
     empty = sum(1 for r in replies if not r.strip())
-    print(json.dumps({"concurrency": level, "seconds": seconds, "samples": len(replies), "empty": empty}), flush=True)
+    chars = sum(len(r) for r in replies) / max(len(replies), 1)
+    print(json.dumps({"concurrency": level, "seconds": seconds, "samples": len(replies), "empty": empty,
+                      "chars": chars}), flush=True)
 """
 
 
@@ -120,7 +122,7 @@ def main() -> None:
             rate = run["samples"] / run["seconds"]
             rates.setdefault(run["concurrency"], []).append(rate)
             print(f"concurrency {run['concurrency']}: {run['samples']} samples in {run['seconds']:.1f} s "
-                  f"= {rate:.3f} samples/s ({run['empty']} empty replies)", flush=True)
+                  f"= {rate:.3f} samples/s ({run['empty']} empty replies, {run['chars']:.0f} chars per reply)", flush=True)
     errors = (result.stdout + result.stderr).count(" - ERROR - ")
     print(f"OpenCompass logged {errors} failed request(s) (each retried; a tool_calls reply with no "
           "text counts as failed)")
