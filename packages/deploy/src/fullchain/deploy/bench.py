@@ -46,7 +46,10 @@ async def _level(url: str, model: str, concurrency: int, cfg: BenchConfig, api_k
             try:
                 stream = await client.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": prompt}],
-                    max_tokens=cfg.max_tokens, temperature=0.0, stream=True)
+                    max_tokens=cfg.max_tokens, temperature=0.0, stream=True,
+                    # vLLM and llama.cpp send usage in a stream only when asked (transformers
+                    # always sends it and ignores the field)
+                    stream_options={"include_usage": True})
                 usage = None
                 async for chunk in stream:
                     if first is None and chunk.choices and (chunk.choices[0].delta.content
