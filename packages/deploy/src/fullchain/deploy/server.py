@@ -20,7 +20,7 @@ PAGE_SIZE = 256
 
 
 def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: str | None,
-              continuous_batching: bool, dtype: str):
+              continuous_batching: bool, dtype: str, max_requests_per_batch: int = 0):
     """The engine's app for one pinned model, served under `served_model_name`, in the gateway."""
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
@@ -54,9 +54,16 @@ def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: 
         from transformers import ContinuousBatchingConfig
 
         # Sized for the gateway's cap: every admitted request can hold a full context. Left to
-        # itself, transformers takes 60% of the machine's RAM for the KV cache on CPU.
+        # itself, transformers takes 60% of the machine's RAM for the KV cache on CPU. The batch
+        # shape is what transformers derives from its workload hints in `generate_batch` (which
+        # its server never gives): at most the admitted requests per batch, and a block table
+        # for one full context (its fallbacks are 1024 requests and 32 blocks).
         pages = -(-limits.max_concurrent_requests * limits.context_length // PAGE_SIZE)
-        cb_config = ContinuousBatchingConfig(page_size=PAGE_SIZE, num_blocks=pages)
+        blocks_per_request = -(-limits.context_length // PAGE_SIZE) + 1
+        cb_config = ContinuousBatchingConfig(
+            page_size=PAGE_SIZE, num_blocks=pages,
+            max_requests_per_batch=max_requests_per_batch or limits.max_concurrent_requests,
+            max_blocks_per_request=blocks_per_request + blocks_per_request % 2)
     state = GenerationState(continuous_batching=continuous_batching, cb_config=cb_config)
     app = build_server(manager, ChatCompletionHandler(model_manager=manager, generation_state=state),
                        completion_handler=CompletionHandler(model_manager=manager,
@@ -115,8 +122,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-concurrent-requests", type=int, default=16)
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--max-requests-per-batch", type=int, default=0,
+                        help="continuous batching: requests per forward (0: --max-concurrent-requests)")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        # before torch starts OpenMP: continuous batching generates in its own thread, whose
+        # OpenMP team set_num_threads (a per-thread setting) in this thread would not size
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
     import uvicorn
 
@@ -129,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                     max_request_bytes=args.max_request_bytes)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     app = build_app(args.model, args.served_model_name, limits, api_key,
-                    args.continuous_batching, args.dtype)
+                    args.continuous_batching, args.dtype, args.max_requests_per_batch)
     print(f"fullchain.deploy.server: {args.served_model_name} from {args.model} on "
           f"http://{args.host}:{args.port} (API key {'required' if api_key else 'off'}; limits "
           f"{limits})", file=sys.stderr, flush=True)
