@@ -162,7 +162,9 @@ def deployment(engine: str, python: Path, max_tokens: int, context: int = CONTEX
     if engine.startswith("llamacpp"):
         command = [str(python), "-m", "llama_cpp.server", "--model", "{artifact}/model.gguf",
                    "--model_alias", SERVED, "--host", "{host}", "--port", "{port}",
-                   "--n_ctx", str(context), "--n_threads", str(os.cpu_count() or 2)]
+                   "--n_ctx", str(context), "--n_threads", str(os.cpu_count() or 2),
+                   # its default lets each new request cut off the one being generated
+                   "--interrupt_requests", "False"]
         return Deployment(engine=engine, model_name=SERVED, command=command, env={},
                           health_path="/v1/models", startup_timeout_s=600)
     raise ValueError(engine)

@@ -50,11 +50,13 @@ async def _level(url: str, model: str, concurrency: int, cfg: BenchConfig, api_k
                     # vLLM and llama.cpp send usage in a stream only when asked (transformers
                     # always sends it and ignores the field)
                     stream_options={"include_usage": True})
-                usage = None
+                usage, chunks = None, 0
                 async for chunk in stream:
-                    if first is None and chunk.choices and (chunk.choices[0].delta.content
-                                                            or chunk.choices[0].delta.tool_calls):
-                        first = time.perf_counter() - started
+                    if chunk.choices and (chunk.choices[0].delta.content
+                                          or chunk.choices[0].delta.tool_calls):
+                        chunks += 1
+                        if first is None:
+                            first = time.perf_counter() - started
                     usage = chunk.usage or usage
             except APIStatusError as exc:
                 if exc.status_code == 429:
@@ -68,7 +70,9 @@ async def _level(url: str, model: str, concurrency: int, cfg: BenchConfig, api_k
                 continue
             latencies.append(time.perf_counter() - started)
             ttfts.append(first if first is not None else latencies[-1])
-            tokens += usage.completion_tokens if usage else 0
+            # llama-cpp-python's server sends no usage in a stream (it ignores stream_options)
+            # and one token per chunk: count chunks there
+            tokens += usage.completion_tokens if usage else chunks
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
