@@ -28,7 +28,7 @@ if [ -n "${PIP_FIND_LINKS:-}" ] && [ -z "${UV_FIND_LINKS:-}" ]; then export UV_F
 started=$SECONDS
 if command -v uv >/dev/null 2>&1; then
   [ -x .venv/bin/python ] || quiet uv venv --python "$PY" .venv
-  quiet uv pip install --python .venv/bin/python -c constraints/cpu.txt -e "packages/core[slurm]"
+  quiet uv pip install --compile-bytecode --python .venv/bin/python -c constraints/cpu.txt -e "packages/core[slurm]"
   tool=uv
 else
   [ -x .venv/bin/python ] || quiet "$PY" -m venv .venv
