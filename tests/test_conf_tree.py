@@ -80,7 +80,9 @@ def test_one_benchmark_list_is_decontaminated_and_scored(monkeypatch, tmp_path):
     assert tiny["chat_data"]["decontamination"]["benchmarks"] == []
     spec = compose("experiment=small_cpu")
     names = [b["name"] for b in spec["benchmarks"]]
-    assert names == ["gsm8k", "arc_challenge", "boolq", "mmlu", "ceval", "cmmlu"]
+    assert names == ["gsm8k", "arc_challenge", "boolq", "mmlu", "ceval", "cmmlu", "piqa", "copa",
+                     "openbook_qa", "commonsense_qa", "winogrande", "truthfulqa_mc1", "truthfulqa_gen",
+                     "humaneval", "hellaswag"]
     assert spec["data"]["decontamination"]["benchmarks"] == spec["eval"]["benchmarks"] == spec["benchmarks"]
     assert spec["chat_data"]["decontamination"]["benchmarks"] == spec["benchmarks"]
     configs = convert_all(spec)

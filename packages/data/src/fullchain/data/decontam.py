@@ -18,8 +18,8 @@ import glob
 import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -59,6 +59,21 @@ def benchmark_files(benchmark: BenchmarkConfig) -> list[Path]:
     return files
 
 
+def _six_line_items(file: Path, content: str, benchmark: BenchmarkConfig) -> Iterator[tuple[int, dict]]:
+    """llama.cpp's multiple-choice text (its HellaSwag copy): 6 lines per item, "<label>: <context>",
+    the gold index, 4 endings. (first line number, {query, gold, endings}); the eval stage names
+    an item by the same first line."""
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) % 6:
+        raise SourceError(f"{file}:{len(lines)}: {len(lines)} lines is not a whole number of 6-line items "
+                          f"(context, gold, 4 endings; benchmark {benchmark.name!r}): truncated?")
+    for start in range(0, len(lines), 6):
+        context, gold, *endings = lines[start:start + 6]
+        yield start + 1, {"query": context, "gold": gold, "endings": "\n".join(endings)}
+
+
 def iter_items(benchmark: BenchmarkConfig) -> Iterator[tuple[str, str]]:
     """(item id, text) of every item of a benchmark; a missing field raises naming file:line."""
     for file in benchmark_files(benchmark):
@@ -75,6 +90,8 @@ def iter_items(benchmark: BenchmarkConfig) -> Iterator[tuple[str, str]]:
         elif stem.endswith(".json"):
             data = json.loads(content)
             rows = enumerate(data if isinstance(data, list) else [data], start=1)
+        elif stem.endswith(".txt"):
+            rows = _six_line_items(file, content, benchmark)
         else:
             rows = ((number, json.loads(line)) for number, line in enumerate(content.splitlines(), start=1)
                     if line.strip())
@@ -136,7 +153,7 @@ class Decontaminate(PipelineStep):
         self.matches_folder = matches_folder
         self.n = n
         self.action = action
-        self._index: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._index: tuple[np.ndarray, np.ndarray] | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         if self._index is None:
