@@ -6,7 +6,7 @@ import json
 import httpx
 import openai
 import pytest
-from deploy_testing import API_KEY, FINAL, QUESTION, SERVED, TOOL_ANSWER, WEATHER_TOOL
+from deploy_testing import API_KEY, CALL, FINAL, QUESTION, SERVED, TOOL_ANSWER, WEATHER_TOOL
 
 
 def client(server, key=API_KEY, **kwargs) -> openai.OpenAI:
@@ -47,6 +47,34 @@ def test_tool_call_round_trip(server):
     assert second.choices[0].message.tool_calls in (None, [])
     assert second.choices[0].message.content.strip() == FINAL["content"]
     assert second.choices[0].finish_reason == "stop"
+
+
+def test_without_tools_in_the_request_the_reply_is_text(tool_deployment):
+    """A reply holding call markup, to a request that declared no tools, comes back as content
+    (OpenAI's behaviour), not as `tool_calls` with empty content: transformers' own parsing
+    functions, as the server patches them, on the deployed tokenizer (its response template)."""
+    from fullchain.deploy.server import _text_without_tools
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.cli.serving import chat_completion
+
+    _text_without_tools()
+    model_dir = tool_deployment / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template(QUESTION, tools=[WEATHER_TOOL], add_generation_prompt=True,
+                                           tokenize=False)
+    reply = tokenizer.apply_chat_template(QUESTION + [CALL], tools=[WEATHER_TOOL], tokenize=False)[len(prompt):]
+    assert "<tool_call>" in reply
+    ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    parse = chat_completion.parse_assistant_message
+    _, _, calls = parse(tokenizer, model, ids, input_ids=prompt_ids, cleaned_content=text, tools=[WEATHER_TOOL])
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    content, _, calls = parse(tokenizer, model, ids, input_ids=prompt_ids, cleaned_content=text, tools=None)
+    assert calls is None and content == reply.replace("<|im_end|>", "")
+    assert chat_completion.build_response_parser(tokenizer, model, prompt_ids, tools=None) is None
+    assert chat_completion.build_response_parser(tokenizer, model, prompt_ids, tools=[WEATHER_TOOL]) is not None
 
 
 def test_a_tool_call_cut_off_by_max_tokens_is_text_not_a_500(server):

@@ -47,6 +47,7 @@ def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: 
         def _path(model_id: str) -> str:
             return str(model_dir) if model_id == served_model_name else model_id
 
+    _text_without_tools()
     manager = PinnedModel(device="cpu", dtype=dtype, continuous_batching=continuous_batching,
                           force_model=served_model_name)
     cb_config = None
@@ -83,6 +84,37 @@ def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: 
         return len(ids)
 
     return Gateway(app, limits, count_prompt_tokens, api_key=api_key)
+
+
+def _text_without_tools() -> None:
+    """A request that declares no `tools` gets its reply as text, as OpenAI answers it: transformers
+    5.24 parses `<tool_call>` markup into `tool_calls` (empty content) whatever the request said,
+    and a client that asked a plain question (OpenCompass in endpoint mode, on the tool-tuned demo
+    model) got no text back. Both of its paths take the request's `tools`; without them they now
+    take the engine's own no-template route (the text streams / returns unparsed); the returned
+    text keeps markup tokens that are special tokens (`<tool_call>` in our exports)."""
+    from transformers.cli.serving import chat_completion
+
+    if getattr(chat_completion, "_fullchain_text_without_tools", False):
+        return
+    build_parser, parse_message = chat_completion.build_response_parser, chat_completion.parse_assistant_message
+
+    def build_response_parser(processor, model, input_ids, tools=None):
+        return build_parser(processor, model, input_ids, tools=tools) if tools else None
+
+    def parse_assistant_message(processor, model, generated_ids, input_ids=None, cleaned_content="", tools=None):
+        if not tools:  # the text as generated: markup tokens kept (they may be special), ends cut
+            tokenizer = getattr(processor, "tokenizer", processor)
+            text = tokenizer.decode(generated_ids, skip_special_tokens=False)
+            for end in {tokenizer.eos_token, tokenizer.pad_token, "<|im_end|>", "<|endoftext|>"} - {None}:
+                text = text.replace(end, "")
+            return text, None, None
+        return parse_message(processor, model, generated_ids, input_ids=input_ids,
+                             cleaned_content=cleaned_content, tools=tools)
+
+    chat_completion.build_response_parser = build_response_parser
+    chat_completion.parse_assistant_message = parse_assistant_message
+    chat_completion._fullchain_text_without_tools = True
 
 
 def _tolerate_cut_tool_calls(tokenizer) -> None:
