@@ -40,7 +40,7 @@ def build_small_model(out: Path) -> Path:
     import torch
     from fullchain.data.tokenize_config import CHATML_TOOLS_TEMPLATE
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     torch.manual_seed(0)
     specials = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -54,10 +54,17 @@ def build_small_model(out: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>",
                                         pad_token="<|pad|>", additional_special_tokens=specials[2:])
     tokenizer.chat_template = CHATML_TOOLS_TEMPLATE
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=384, intermediate_size=1024,
-                         num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6,
-                         max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    return save_random_llama(tokenizer, out, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                             num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024)
+
+
+def save_random_llama(tokenizer, out: Path, **shape) -> Path:
+    """A randomly initialised Llama of `shape` (LlamaConfig fields) with `tokenizer`, saved to
+    `out` with a greedy generation config that stops at the tokenizer's end token."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **shape)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO / "packages" / "deploy" / "tests"))
 
-from deploy_cpu import PROMPTS, baseline, build_small_model  # noqa: E402
+from deploy_cpu import PROMPTS, baseline, build_small_model, save_random_llama  # noqa: E402
 
 SERVED = "fullchain"
 CONTEXT = 1024
@@ -233,18 +233,11 @@ def one_chat(engine: str, python: Path, artifact: Path, tools: list | None = Non
 def build_tiny_model(out: Path) -> Path:
     """A random model of the `tiny` shape (conf/model/tiny.yaml: hidden 128, 4 heads of 32 over
     2 KV groups, ffn 352) with the small model's tokenizer."""
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out.parent / "small")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=CONTEXT, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                     do_sample=False).save_pretrained(out)
-    return out
+    return save_random_llama(tokenizer, out, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT)
 
 
 def stage(source: Path, artifact: Path, engine: str, gguf: Path | None, python: Path) -> dict:
