@@ -51,7 +51,7 @@ class BenchmarkConfig:
     text_fields: list[str] = field(default_factory=lambda: ["question"])
     """Fields joined (by newline) into the text of an item: what decontamination looks for."""
     id_field: Optional[str] = None
-    """Field with the item id; None uses `file:line`."""
+    """Field with the item id; None uses `file:line` (`benchmark_item_id`)."""
     mode: Literal["gen", "ppl"] = "gen"
     """How the eval stage scores it: generation, or perplexity-ranked multiple choice."""
 
@@ -62,6 +62,14 @@ class BenchmarkConfig:
             raise ValueError(f"path: benchmark {self.name!r} has no path")
         if not self.text_fields:
             raise ValueError(f"text_fields: benchmark {self.name!r} lists no fields")
+
+
+def benchmark_item_id(file_name: str, number: int) -> str:
+    """An item's id when its benchmark has no `id_field`: the file name without .gz/.bz2, then the
+    line of a JSON Lines item (the first line of a multi-line text item) or the ordinal + 1 of a
+    CSV record (the header is 1). The data stage names contaminated items by it and the eval
+    stage the items it scores, so one name reaches from corpus to score."""
+    return f"{file_name.removesuffix('.gz').removesuffix('.bz2')}:{number}"
 
 
 def check_benchmark_names(benchmarks: list[BenchmarkConfig]) -> None:

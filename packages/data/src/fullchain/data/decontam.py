@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from fullchain.core.schema import benchmark_item_id
 from fullchain.data.config import BenchmarkConfig
 from fullchain.data.dedup import shingle_tokens
 from fullchain.data.sources import SourceError, open_text_bytes
@@ -108,7 +109,7 @@ def iter_items(benchmark: BenchmarkConfig) -> Iterator[tuple[str, str]]:
                                       f"'{benchmark.id_field}'")
                 item_id = str(record[benchmark.id_field])
             else:
-                item_id = f"{stem}:{number}"
+                item_id = benchmark_item_id(name, number)
             yield item_id, text
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from fullchain.core.artifact import jsonl_objects
+from fullchain.core.schema import benchmark_item_id
 
 CONVERSION_VERSION = 1
 """Bump when any conversion's output changes for the same input (recorded with every score)."""
@@ -133,10 +134,8 @@ def _need(record: dict, key: str, kind: type, where: str) -> Any:
 
 
 def item_id(file: Path, number: int) -> str:
-    """An item's id as the data stage's decontamination names it (found_item_ids): the file name
-    without .gz/.bz2, then the line of a JSON Lines item (the first of a HellaSwag item) or the
-    ordinal + 1 of a CSV record (the header is 1)."""
-    return f"{file.name.removesuffix('.gz').removesuffix('.bz2')}:{number}"
+    """An item's id as the data stage's decontamination names it (core's `benchmark_item_id`)."""
+    return benchmark_item_id(file.name, number)
 
 
 def _read_gsm8k(files: list[Path]) -> Iterator[tuple[str, dict]]:
