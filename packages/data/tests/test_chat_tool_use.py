@@ -14,7 +14,16 @@ from fractions import Fraction
 
 import pytest
 from fullchain.data.chat.config import ToolUseConfig
-from fullchain.data.chat.tool_use import FAMILIES, ITEMS, NAMES, conversation, evaluate, generate
+from fullchain.data.chat.tool_use import (
+    CLOSINGS,
+    FAMILIES,
+    ITEMS,
+    NAMES,
+    OPENINGS,
+    conversation,
+    evaluate,
+    generate,
+)
 
 CONFIG = ToolUseConfig(train_tasks=400, heldout_tasks=100)
 
@@ -104,20 +113,48 @@ def skeleton(question: str) -> str:
     return re.sub(r"\b(" + "|".join(NAMES + ITEMS) + r")\b", "_", text)
 
 
+def frame(question: str) -> str:
+    """The skeleton without the opening and closing sentences the generator puts around a wording."""
+    text = skeleton(question)
+    for opening in sorted({skeleton(o.format(asker=NAMES[0])) for o in OPENINGS if o}, key=len, reverse=True):
+        if text.startswith(opening):
+            text = text[len(opening):]
+            break
+    for closing in sorted({c for c in CLOSINGS if c}, key=len, reverse=True):
+        if text.endswith(closing):
+            text = text[: -len(closing)]
+            break
+    return text
+
+
 def test_heldout_wordings_never_occur_in_training(tasks):
-    train = {skeleton(t["question"]) for t in tasks["train"]}
+    train = {frame(t["question"]) for t in tasks["train"]}
     unseen = [t for t in tasks["heldout"] if not t["wording_seen"]]
     seen = [t for t in tasks["heldout"] if t["wording_seen"]]
     assert len(unseen) == 50 and len(seen) == 50
     assert {t["family"] for t in unseen} == {f.name for f in FAMILIES}  # every family has one
-    assert not {skeleton(t["question"]) for t in unseen} & train
-    assert {skeleton(t["question"]) for t in seen} <= train  # the check can fail: seen ones do match
+    assert not {frame(t["question"]) for t in unseen} & train
+    assert {frame(t["question"]) for t in seen} <= train  # the check can fail: seen ones do match
+    # 2 of each family's 10-11 wordings are held out, and none of them is a training wording's copy
+    assert len({t["wording"] for t in unseen}) == 2 * len(FAMILIES)
+    assert len(train) == sum(len(f.wordings) for f in FAMILIES) - 2 * len(FAMILIES)
+
+
+def test_openings_and_closings_vary_where_the_numbers_stand(tasks):
+    openings = Counter(next((o for o in sorted(OPENINGS, key=len, reverse=True)
+                             if o and skeleton(t["question"]).startswith(skeleton(o.format(asker=NAMES[0])))), "")
+                       for t in tasks["train"])
+    assert len(openings) == len(set(OPENINGS))  # every opening occurs, the empty one too
+    assert 0.15 < openings[""] / len(tasks["train"]) < 0.40
+    wording = Counter(t["wording"] for t in tasks["train"]).most_common(1)[0][0]
+    first_number = Counter(re.search(r"\d", t["question"]).start() for t in tasks["train"] if t["wording"] == wording)
+    assert len(first_number) >= 5  # one wording, its first operand at many character offsets
     assert not {t["question"] for t in tasks["heldout"]} & {t["question"] for t in tasks["train"]}
 
 
 def test_many_wordings_and_operand_orders(tasks):
     wordings = {t["wording"] for t in tasks["train"]}
-    assert len(wordings) == sum(len(f.wordings) for f in FAMILIES) - len(FAMILIES) >= 30
+    assert len(wordings) == sum(len(f.wordings) for f in FAMILIES) - 2 * len(FAMILIES) >= 60
     assert len({t["family"] for t in tasks["train"]}) == len(FAMILIES)
     # some wordings state the operands in another order than the expression uses them
     reordered = [t for t in tasks["train"]
@@ -153,3 +190,20 @@ def test_schema_fraction_keeps_the_schema_in_a_seeded_share_of_training_conversa
     with_schema, without = conversation(task, "calculator"), conversation(task, "calculator", False)
     assert with_schema["tools"] == [TOOLS["calculator"]] and "tools" not in without
     assert with_schema["messages"] == without["messages"]
+
+
+def test_first_call_fraction_cuts_a_seeded_share_of_training_conversations_after_the_first_call(tasks):
+    from fullchain.data.chat.tool_use import first_call_only
+
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"^first_call_fraction:"):
+            ToolUseConfig(first_call_fraction=bad)
+    cfg = ToolUseConfig(first_call_fraction=0.6)
+    ids = [t["id"] for t in tasks["train"]]
+    cut = [first_call_only(i, cfg, 1234) for i in ids]
+    assert cut == [first_call_only(i, cfg, 1234) for i in ids] and 0.5 < sum(cut) / len(cut) < 0.7
+    assert not any(first_call_only(i, ToolUseConfig(), 1234) for i in ids)  # the default: none
+    task = tasks["train"][0]
+    whole, short = conversation(task, "calculator"), conversation(task, "calculator", first_call_only=True)
+    assert [m["role"] for m in short["messages"]] == ["system", "user", "assistant"]
+    assert short["messages"] == whole["messages"][:3] and short["messages"][2]["tool_calls"]

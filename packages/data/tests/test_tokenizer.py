@@ -77,7 +77,8 @@ def test_round_trip_english_and_chinese(trained):
 
 def test_digits_are_single_tokens_even_when_numbers_repeat(tmp_path):
     """A corpus full of the same numbers would merge them under plain byte-level BPE; the digit
-    pre-tokenizer keeps every digit its own token (and decode still round-trips)."""
+    pre-tokenizer keeps every digit its own token, a leading space with the first (and decode
+    still round-trips)."""
     from fullchain.data.tokenizer import save_hf, train_bpe
     from transformers import AutoTokenizer
 
@@ -89,7 +90,9 @@ def test_digits_are_single_tokens_even_when_numbers_repeat(tmp_path):
     ids = hf(text, add_special_tokens=False)["input_ids"]
     pieces = [hf.decode([i]) for i in ids]
     digits = [p for p in pieces if any(c.isdigit() for c in p)]
-    assert digits == list("2024" "37" "1776"), pieces
+    assert [p.lstrip(" ") for p in digits] == list("2024" "37" "1776"), pieces
+    # a space before a number stays with its first digit, right after the word before it
+    assert digits[0] == " 2" and digits[4] == " 3" and pieces[pieces.index(" 2") - 1].endswith("old")
     assert hf.decode(ids) == text
 
 

@@ -49,15 +49,17 @@ class TokenizerInfo:
 
 def train_bpe(cfg: TokenizerConfig, texts: Iterable[str]):
     """A byte-level BPE `tokenizers.Tokenizer` trained on `texts` (consumed once, streamed)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
-    # Digits first: "1234" is four pre-tokens, so no merge ever joins two digits. Then the GPT-2
-    # byte-level split; add_prefix_space=False: a document's first word is encoded as written, so
-    # that decode(encode(x)) == NFC(x) holds exactly.
+    # Digits first, one by one, a space before a digit kept with it: "add 94" is "add", " 9", "4",
+    # so no merge ever joins two digits, and a number's first token is " 9" right after the word
+    # before it (with a lone " " between them, a small model needs one more layer to see which
+    # word a number follows). Then the GPT-2 byte-level split; add_prefix_space=False: a
+    # document's first word is encoded as written, so that decode(encode(x)) == NFC(x) holds.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex(r" ?\d"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tokenizer.decoder = decoders.ByteLevel()

@@ -63,7 +63,7 @@ class ToolUseConfig:
     heldout_tasks: int = 100
     """Tasks kept out of training: half of them in wordings training never saw, half in seen
     wordings with new numbers (the agent's score on each half tells memorising from generalising)."""
-    heldout_wordings: int = 1
+    heldout_wordings: int = 2
     """Wordings per problem family used only in the held-out split."""
     tool: Literal["calculator", "python"] = "calculator"
     """The tool the conversations call: `calculator` {"expression": "37 * 48"} or `python`
@@ -77,8 +77,18 @@ class ToolUseConfig:
     template writes into the system turn: ~280 of a ~460-token conversation with the tiny demo's
     tokenizer); the others have the system prompt alone, so SFT on them costs under half as much.
     Chosen per task by the seed; held-out conversations always carry it."""
+    first_call_fraction: float = 0.0
+    """Share of the training tasks whose conversation stops after the assistant's first tool call
+    (system, question, call: ~40% of a whole conversation's tokens). The first call is where the
+    question's operands are copied, the hard part for a small model; the later calls mostly copy
+    the tool's last result. Cut conversations buy more first calls per training second; the
+    whole ones still teach the round trip (result -> next call -> answer). Chosen per task by the
+    seed; held-out conversations are always whole."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.first_call_fraction < 1.0:
+            raise ValueError(f"first_call_fraction: {self.first_call_fraction} must be in [0, 1) (some "
+                             "training conversations must show the whole round trip)")
         if not 0.0 < self.schema_fraction <= 1.0:
             raise ValueError(f"schema_fraction: {self.schema_fraction} must be in (0, 1] (some "
                              "training conversations must show the tool schema)")

@@ -1,8 +1,10 @@
 """The synthetic tool-use task: word problems whose exact answer needs a calculator (or Python).
 
 Eight problem families (multi-step arithmetic and unit conversion), each an expression tree over
-named operands and 5-6 wordings that mention the operands in different orders. A task is one
-wording filled with drawn operands (and a person's name and a kind of item), its expression
+named operands and 10-11 wordings that mention the operands in different orders and sentence
+shapes. A task is one wording filled with drawn operands (and a person's name and a kind of item),
+between an opening and a closing drawn from small shared pools (so the operands' positions vary
+by more than the wording's), its expression
 (`(37 * 48) - 259`) and its exact answer. Its SFT conversation calls the tool once per operation
 of the expression, innermost first, each call followed by the tool's result, then answers
 `The answer is 2035.`
@@ -148,14 +150,26 @@ FAMILIES: tuple[Family, ...] = (
             "{name} packs {a} boxes with {b} {items} in each and has {c} loose {items}. How many {items} "
             "are there in total?",
             "If you start with {c} and add {a} groups of {b}, what is the total?",
-            "There are {a} rows of {b} chairs and {c} extra chairs. How many chairs are there?")),
+            "There are {a} rows of {b} chairs and {c} extra chairs. How many chairs are there?",
+            "{name} has {c} {items} and then buys {a} bags of {b} {items} each. How many {items} does "
+            "{name} have now?",
+            "Find the product of {a} and {b}, and increase it by {c}.",
+            "What do you get when {a} is multiplied by {b} and {c} is added?",
+            "A library has {a} shelves with {b} books on each, plus {c} books on a cart. How many books "
+            "are there?",
+            "Multiply {a} by {b} and add {c} to the result.")),
     Family("product_minus", ("-", ("*", "a", "b"), "c"), _minus,
            ("What is {a} times {b} minus {c}?",
             "{name} buys {a} packs of {b} {items} and gives away {c}. How many {items} are left?",
             "Subtract {c} from the product of {a} and {b}.",
             "Take {c} away from {a} multiplied by {b}. What remains?",
             "A shop has {a} crates holding {b} {items} each. After selling {c} {items}, how many are "
-            "left?")),
+            "left?",
+            "Multiply {a} by {b}, then subtract {c}.",
+            "What is {c} less than the product of {a} and {b}?",
+            "{name} had {a} boxes of {b} {items} but lost {c} of them. How many {items} remain?",
+            "Find {a} multiplied by {b}, and decrease it by {c}.",
+            "A theater has {a} rows of {b} seats, and {c} seats are taken. How many seats are free?")),
     Family("share", ("/", ("+", "a", "b"), "c"), _share,
            ("What is {a} plus {b}, divided by {c}?",
             "{name} has {a} {items} and finds {b} more, then shares them equally among {c} friends. "
@@ -163,7 +177,14 @@ FAMILIES: tuple[Family, ...] = (
             "Divide the sum of {a} and {b} by {c}.",
             "{c} people split {a} dollars and another {b} dollars evenly. How many dollars does each "
             "person get?",
-            "Add {a} and {b}, then divide the result by {c}.")),
+            "Add {a} and {b}, then divide the result by {c}.",
+            "The sum of {a} and {b} is shared equally by {c} teams. How much does each team get?",
+            "{name} collects {a} {items} on Monday and {b} on Tuesday and packs them into {c} equal "
+            "bags. How many {items} go in each bag?",
+            "What is the total of {a} and {b} split into {c} equal parts?",
+            "A class of {c} students shares {a} red and {b} blue {items} equally. How many does each "
+            "student get?",
+            "Put {a} and {b} together and divide by {c}.")),
     Family("two_products", ("+", ("*", "a", "b"), ("*", "c", "d")),
            lambda rng, top: {k: rng.randint(2, min(top, 99)) for k in "abcd"},
            ("What is {a} times {b} plus {c} times {d}?",
@@ -172,7 +193,14 @@ FAMILIES: tuple[Family, ...] = (
             "Add the product of {a} and {b} to the product of {c} and {d}.",
             "A farm has {a} pens of {b} sheep and {c} pens of {d} goats. How many animals live on the "
             "farm?",
-            "Compute {c} multiplied by {d}, plus {a} multiplied by {b}.")),
+            "Compute {a} multiplied by {b}, plus {c} multiplied by {d}.",
+            "Multiply {a} by {b}, multiply {c} by {d}, and add the two results.",
+            "{name} stacks {a} piles of {b} {items} and {c} piles of {d} {items}. How many {items} is "
+            "that?",
+            "What is the sum of {a} times {b} and {c} times {d}?",
+            "A school orders {a} boxes of {b} pens and {c} boxes of {d} pencils. How many things "
+            "arrive?",
+            "Find {a} groups of {b} together with {c} groups of {d}.")),
     Family("hours_minutes_to_seconds", ("*", ("+", ("*", "a", "60"), "b"), "60"),
            lambda rng, top: {"a": rng.randint(1, 23), "b": rng.randint(1, 59), "60": 60},
            ("How many seconds are there in {a} hours and {b} minutes?",
@@ -180,14 +208,24 @@ FAMILIES: tuple[Family, ...] = (
             "Convert {a} h {b} min to seconds.",
             "{name} rested for {b} minutes after a {a}-hour walk. How many seconds was that "
             "altogether?",
-            "What is {a} hours plus {b} minutes, expressed in seconds?")),
+            "What is {a} hours plus {b} minutes, expressed in seconds?",
+            "Express a time of {a} hours and {b} minutes in seconds.",
+            "A train ride takes {b} minutes longer than {a} hours. How many seconds is the ride?",
+            "{name} worked {a} hours and {b} minutes today. How many seconds is that?",
+            "Turn {a} hours and {b} minutes into seconds.",
+            "How long, in seconds, is {b} minutes plus {a} hours?")),
     Family("km_m_to_cm", ("*", ("+", ("*", "a", "1000"), "b"), "100"),
            lambda rng, top: {"a": rng.randint(1, 99), "b": rng.randint(1, 999), "1000": 1000, "100": 100},
            ("How many centimeters are {a} kilometers and {b} meters?",
             "A trail is {a} km {b} m long. What is its length in centimeters?",
             "Convert {a} kilometers plus {b} meters into centimeters.",
             "{name} walked {b} meters and then {a} kilometers. How many centimeters is that?",
-            "Express {a} km and {b} m in centimeters.")),
+            "Express {a} km and {b} m in centimeters.",
+            "How far is {a} kilometers and {b} meters, measured in centimeters?",
+            "A river is {b} meters longer than {a} km. How many centimeters long is it?",
+            "{name} cycles {a} km and {b} m. Give the distance in centimeters.",
+            "Turn {a} kilometers {b} meters into centimeters.",
+            "What is {b} m plus {a} km, in centimeters?")),
     Family("kg_minus_g", ("-", ("*", "a", "1000"), "b"),
            lambda rng, top: (lambda a: {"a": a, "b": rng.randint(1, min(a * 1000 - 1, max(top, 999))),
                                         "1000": 1000})(rng.randint(1, 99)),
@@ -195,15 +233,34 @@ FAMILIES: tuple[Family, ...] = (
             "{name} had {a} kg of rice and cooked {b} g of it. How many grams are left?",
             "Subtract {b} grams from {a} kilograms. Answer in grams.",
             "What is {a} kg minus {b} g, in grams?",
-            "A bag of {a} kg loses {b} g. What does it weigh now, in grams?")),
+            "A bag of {a} kg loses {b} g. What does it weigh now, in grams?",
+            "From a {a} kg sack, {b} g are used. How many grams are left?",
+            "{name} removes {b} grams from {a} kilograms of flour. How many grams remain?",
+            "How many grams is {a} kilograms less {b} grams?",
+            "Take {b} g away from {a} kg. Give the result in grams.",
+            "A {a}-kilogram box loses {b} grams of sand. What is its weight in grams?")),
     Family("per_day_weeks", ("*", ("*", "a", "7"), "b"),
            lambda rng, top: {"a": rng.randint(2, top), "b": rng.randint(2, 52), "7": 7},
            ("How many pages does {name} read in {b} weeks at {a} pages a day?",
             "At {a} pages per day, how many pages are read in {b} weeks?",
             "A machine makes {a} parts every day. How many parts does it make in {b} weeks?",
             "Saving {a} dollars a day for {b} weeks gives how many dollars?",
-            "{name} walks {a} steps each day. How many steps is that over {b} weeks?")),
+            "{name} walks {a} steps each day. How many steps is that over {b} weeks?",
+            "{name} drinks {a} cups of water a day. How many cups is that in {b} weeks?",
+            "For {b} weeks, a bakery sells {a} loaves every day. How many loaves is that?",
+            "How many {items} are collected in {b} weeks at {a} {items} per day?",
+            "A pump moves {a} liters each day. How many liters does it move in {b} weeks?",
+            "Over {b} weeks, {name} writes {a} lines a day. How many lines is that in all?")),
 )
+
+OPENINGS = ("", "", "", "Quick question: ", "Please help me with this. ", "{asker} asks: ",
+            "Here is a word problem. ", "Can you work this out? ", "I am stuck on this one. ",
+            "Homework time. ", "A puzzle for you: ", "Let us check a number. ")
+"""Said before the question (drawn per task, the same pool for every split): the question's
+numbers move by a varying number of tokens, so the model cannot copy operands by position."""
+CLOSINGS = ("", "", "", " Use the calculator.", " Please be exact.", " Thanks!",
+            " Show the final number.", " Work it out step by step.")
+"""Said after the question (drawn per task, as OPENINGS)."""
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -222,6 +279,8 @@ def heldout_wording_ids(cfg: ToolUseConfig, seed: int) -> set[str]:
 def make_task(family: Family, wording: int, rng: random.Random, top: int) -> dict[str, Any]:
     values = family.draw(rng, top)
     text = family.wordings[wording].format(name=rng.choice(NAMES), items=rng.choice(ITEMS), **values)
+    opening, closing = rng.choice(OPENINGS), rng.choice(CLOSINGS)
+    text = opening.format(asker=rng.choice(NAMES)) + text + closing
     expression = render(family.tree, values)
     answer = evaluate(expression)
     steps, last = steps_of(family.tree, values)
@@ -231,9 +290,11 @@ def make_task(family: Family, wording: int, rng: random.Random, top: int) -> dic
             "family": family.name, "wording": f"{family.name}/{wording}", "steps": len(steps)}
 
 
-def conversation(task: dict[str, Any], tool: str, schema: bool = True) -> dict[str, Any]:
+def conversation(task: dict[str, Any], tool: str, schema: bool = True,
+                 first_call_only: bool = False) -> dict[str, Any]:
     """The SFT conversation solving `task`: one tool call per operation, then the answer; with the
-    tool's schema in `tools` unless `schema` is False (see ToolUseConfig.schema_fraction)."""
+    tool's schema in `tools` unless `schema` is False (see ToolUseConfig.schema_fraction); cut
+    after the first call when `first_call_only` (ToolUseConfig.first_call_fraction)."""
     family = next(f for f in FAMILIES if f.name == task["family"])
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
                                       {"role": "user", "content": task["question"]}]
@@ -246,6 +307,8 @@ def conversation(task: dict[str, Any], tool: str, schema: bool = True) -> dict[s
                          "tool_calls": [{"type": "function", "function": {"name": tool, "arguments": arguments}}]})
         messages.append({"role": "tool", "content": number(value)})
     messages.append({"role": "assistant", "content": f"The answer is {task['answer']}."})
+    if first_call_only:
+        messages = messages[:3]  # system, user, the first call
     record = {"id": task["id"], "source": "tool_use", "messages": messages}
     return {**record, "tools": [TOOLS[tool]]} if schema else record
 
@@ -254,6 +317,12 @@ def shows_schema(task_id: str, cfg: ToolUseConfig, seed: int) -> bool:
     """Whether the training conversation of `task_id` carries the tool schema (seeded per id)."""
     return (cfg.schema_fraction >= 1.0
             or random.Random(f"schema:{seed}:{task_id}").random() < cfg.schema_fraction)
+
+
+def first_call_only(task_id: str, cfg: ToolUseConfig, seed: int) -> bool:
+    """Whether the training conversation of `task_id` stops after its first call (seeded per id)."""
+    return (cfg.first_call_fraction > 0.0
+            and random.Random(f"first-call:{seed}:{task_id}").random() < cfg.first_call_fraction)
 
 
 def _operands(family: Family, expression: str) -> dict[str, int]:
@@ -312,4 +381,5 @@ def task_file_extra(cfg: ToolUseConfig, seed: int) -> dict[str, Any]:
             "answer_format": "The answer is N.", "answer_type": "exact integer, plain digits"}
 
 
-__all__ = ["FAMILIES", "TOOLS", "SYSTEM_PROMPT", "evaluate", "generate", "conversation", "shows_schema"]
+__all__ = ["FAMILIES", "TOOLS", "SYSTEM_PROMPT", "evaluate", "generate", "conversation", "shows_schema",
+           "first_call_only"]
