@@ -3,8 +3,9 @@
     .venv/bin/python tools/tool_use_curve.py --model <pretrain hf/> --chat <data.chat artifact> \\
         --first --no-schema --steps 1200 --eval-every 200 --batch 32
 
-A plain PyTorch loop (AdamW, warm-up + cosine, loss on the assistant turns only, rows padded per
-batch), NOT the tune stage: it stops every `--eval-every` steps to score the first call on the
+A plain PyTorch loop (AdamW, warm-up + cosine, loss on the assistant turns only as the tune stage
+labels them, `fullchain.tune.data.tokenize_conversation`; rows padded per batch), NOT the tune
+stage: it trains no packed rows and stops every `--eval-every` steps to score the first call on the
 held-out split (greedy; `tools/tool_use_quality.py`'s definitions of valid and exact, split into
 training wordings / unseen wordings) and prints a few unseen-wording replies. `--first` trains on
 the conversations cut after their first call (the tune metric; ~120 tokens instead of ~290),
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fullchain.tune.data import tokenize_conversation  # noqa: E402
 from tool_use_quality import parse_call, same_expression  # noqa: E402
 
 
@@ -32,42 +34,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def first_call_index(messages: list[dict]) -> int:
     return next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-
-
-class Encoder:
-    """A conversation -> (token ids, labels): the chat template's rendering, labels on the
-    assistant turns only (the generation prompt `<|im_start|>assistant` itself is not learned)."""
-
-    def __init__(self, tokenizer, schema: bool):
-        self.tokenizer, self.schema = tokenizer, schema
-
-    def render(self, messages, tools, prompt=False) -> str:
-        if not messages:
-            return ""
-        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                                  add_generation_prompt=prompt)
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def __call__(self, record: dict) -> tuple[list[int], list[int]]:
-        messages = record["messages"]
-        tools = record.get("tools") if self.schema else None
-        ids: list[int] = []
-        labels: list[int] = []
-        for i, message in enumerate(messages):
-            before = self.render(messages[:i], tools)
-            turn = self.render(messages[: i + 1], tools)[len(before):]
-            if message["role"] == "assistant":
-                prompt = self.render(messages[:i], tools, prompt=True)[len(before):]
-                head, body = self.ids(prompt), self.ids(turn[len(prompt):])
-                ids += head + body
-                labels += [-100] * len(head) + body
-            else:
-                part = self.ids(turn)
-                ids += part
-                labels += [-100] * len(part)
-        return ids, labels
 
 
 def schedule(step: int, steps: int, warmup: int = 20) -> float:
@@ -107,8 +73,10 @@ def main(argv=None) -> int:
     tasks = {t["id"]: t for t in read_jsonl(chat / "tasks" / "heldout.jsonl")}
     if args.first:
         train = [{**r, "messages": r["messages"][: first_call_index(r["messages"]) + 1]} for r in train]
-    encode = Encoder(tokenizer, schema=not args.no_schema)
-    data = [encode(r) for r in train]
+    if args.no_schema:
+        train = [{k: v for k, v in r.items() if k != "tools"} for r in train]
+    examples = [tokenize_conversation(tokenizer, r) for r in train]  # the tune stage's labels
+    data = [(e.input_ids, e.labels) for e in examples]
     print(json.dumps({"parameters": sum(p.numel() for p in model.parameters()), "records": len(data),
                       "mean_tokens": round(sum(len(d[0]) for d in data) / len(data), 1)}), flush=True)
     half = args.eval_items // 2

@@ -113,18 +113,19 @@ def skeleton(question: str) -> str:
     return re.sub(r"\b(" + "|".join(NAMES + ITEMS) + r")\b", "_", text)
 
 
+def parts(question: str) -> tuple[str, str, str]:
+    """(opening, wording, closing) of a question's skeleton: the opening and closing sentences the
+    generator puts around a wording split off ("" where there is none)."""
+    text = skeleton(question)
+    opening = next((o for o in sorted({skeleton(o.format(asker=NAMES[0])) for o in OPENINGS}, key=len, reverse=True)
+                    if o and text.startswith(o)), "")
+    closing = next((c for c in sorted(set(CLOSINGS), key=len, reverse=True) if c and text.endswith(c)), "")
+    return opening, text[len(opening): len(text) - len(closing)], closing
+
+
 def frame(question: str) -> str:
     """The skeleton without the opening and closing sentences the generator puts around a wording."""
-    text = skeleton(question)
-    for opening in sorted({skeleton(o.format(asker=NAMES[0])) for o in OPENINGS if o}, key=len, reverse=True):
-        if text.startswith(opening):
-            text = text[len(opening):]
-            break
-    for closing in sorted({c for c in CLOSINGS if c}, key=len, reverse=True):
-        if text.endswith(closing):
-            text = text[: -len(closing)]
-            break
-    return text
+    return parts(question)[1]
 
 
 def test_heldout_wordings_never_occur_in_training(tasks):
@@ -141,9 +142,7 @@ def test_heldout_wordings_never_occur_in_training(tasks):
 
 
 def test_openings_and_closings_vary_where_the_numbers_stand(tasks):
-    openings = Counter(next((o for o in sorted(OPENINGS, key=len, reverse=True)
-                             if o and skeleton(t["question"]).startswith(skeleton(o.format(asker=NAMES[0])))), "")
-                       for t in tasks["train"])
+    openings = Counter(parts(t["question"])[0] for t in tasks["train"])
     assert len(openings) == len(set(OPENINGS))  # every opening occurs, the empty one too
     assert 0.15 < openings[""] / len(tasks["train"]) < 0.40
     wording = Counter(t["wording"] for t in tasks["train"]).most_common(1)[0][0]

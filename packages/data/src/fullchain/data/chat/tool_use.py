@@ -2,12 +2,11 @@
 
 Eight problem families (multi-step arithmetic and unit conversion), each an expression tree over
 named operands and 10-11 wordings that mention the operands in different orders and sentence
-shapes. A task is one wording filled with drawn operands (and a person's name and a kind of item),
-between an opening and a closing drawn from small shared pools (so the operands' positions vary
-by more than the wording's), its expression
-(`(37 * 48) - 259`) and its exact answer. Its SFT conversation calls the tool once per operation
-of the expression, innermost first, each call followed by the tool's result, then answers
-`The answer is 2035.`
+shapes. A task is one wording filled with drawn operands (and a person's name and a kind of item)
+between an opening and a closing drawn from small shared pools (so an operand's position varies
+even within a wording), with its expression (`(37 * 48) - 259`) and its exact answer. Its SFT
+conversation calls the tool once per operation of the expression, innermost first, each call
+followed by the tool's result, then answers `The answer is 2035.`
 
 Splits: per family, `heldout_wordings` wordings (drawn by the seed) never appear in training.
 The held-out split is half tasks in those wordings and half tasks in training wordings with new
@@ -313,16 +312,20 @@ def conversation(task: dict[str, Any], tool: str, schema: bool = True,
     return {**record, "tools": [TOOLS[tool]]} if schema else record
 
 
+def _in_share(what: str, share: float, task_id: str, seed: int) -> bool:
+    """Whether `task_id` falls in a `share` of the tasks drawn for `what` (its own seeded coin, so
+    one task's draw depends on no other task and on no other option)."""
+    return share >= 1.0 or (share > 0.0 and random.Random(f"{what}:{seed}:{task_id}").random() < share)
+
+
 def shows_schema(task_id: str, cfg: ToolUseConfig, seed: int) -> bool:
     """Whether the training conversation of `task_id` carries the tool schema (seeded per id)."""
-    return (cfg.schema_fraction >= 1.0
-            or random.Random(f"schema:{seed}:{task_id}").random() < cfg.schema_fraction)
+    return _in_share("schema", cfg.schema_fraction, task_id, seed)
 
 
 def first_call_only(task_id: str, cfg: ToolUseConfig, seed: int) -> bool:
     """Whether the training conversation of `task_id` stops after its first call (seeded per id)."""
-    return (cfg.first_call_fraction > 0.0
-            and random.Random(f"first-call:{seed}:{task_id}").random() < cfg.first_call_fraction)
+    return _in_share("first-call", cfg.first_call_fraction, task_id, seed)
 
 
 def _operands(family: Family, expression: str) -> dict[str, int]:
