@@ -15,13 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 EVAL_PYTHON = REPO / ".venvs" / "eval" / "bin" / "python"
 
 # experiment=tiny shortened: 60 pretrain steps (of 200), the tune step on the first 160 training
-# conversations for one pass (~10 packed steps of 4 rows, loss logged every 2), a 2-second load test per concurrency level, eval
+# conversations (~15 packed steps of 2 rows, loss logged every 2), a 2-second load test per concurrency level, eval
 # on 8 held-out tool tasks and 1024 held-out tokens, the agent on 4 held-out tasks; data,
 # chat_data and the rest are the demo's own. env=current: the stages run with this interpreter,
 # except eval, which runs in its own environment (OpenCompass's pins), as in the demo.
 TINY = ("experiment=tiny", "env=current", "pretrain.schedule.train_iters=60",
-        "pretrain.schedule.warmup_iters=6", "++tune.max_train_records=160", "tune.schedule.epochs=1",
-        "tune.batch.global_batch_size=4", "tune.logging.log_interval=2",
+        "pretrain.schedule.warmup_iters=6", "++tune.max_train_records=160", "tune.logging.log_interval=2",
         "tune.schedule.warmup_iters=2", "deploy.bench.duration_s=2",
         f"++env.envs.eval.python={EVAL_PYTHON}", "++env.stage_env.eval=eval",
         "eval.tool_max_items=8", "eval.heldout_max_tokens=1024", "agent.task_sets={heldout: 4}")

@@ -133,14 +133,14 @@ def test_chat_data_makes_the_tool_use_conversations_and_tasks(tiny_run):
     artifact = Artifact.load(chat["_dir"])
     conversations, tasks = read_conversations(artifact), read_tool_tasks(artifact)
     assert conversations.format == "messages"
-    assert conversations.num_records["train"] + conversations.num_records["valid"] == 6000
-    assert conversations.num_records["heldout"] == 100 and tasks.num_tasks == {"train": 6000, "heldout": 100}
+    assert conversations.num_records["train"] + conversations.num_records["valid"] == 35000
+    assert conversations.num_records["heldout"] == 100 and tasks.num_tasks == {"train": 35000, "heldout": 100}
     assert sum(not t["wording_seen"] for t in tasks.tasks("heldout")) == 50
-    # a tenth of the training conversations show the tool schema, 70% stop after the first call;
+    # 5% of the training conversations show the tool schema, 90% stop after the first call;
     # every held-out one shows the schema and the whole round trip
     train = list(conversations.records("train"))
-    assert 0.05 < sum("tools" in r for r in train) / len(train) < 0.15
-    assert 0.65 < sum(r["messages"][-1].get("tool_calls") is not None for r in train) / len(train) < 0.75
+    assert 0.035 < sum("tools" in r for r in train) / len(train) < 0.065
+    assert 0.88 < sum(r["messages"][-1].get("tool_calls") is not None for r in train) / len(train) < 0.92
     heldout = list(conversations.records("heldout"))
     assert all("tools" in r and r["messages"][-1]["content"].startswith("The answer is ") for r in heldout)
     card = json.loads((chat["_dir"] / "chat_card.json").read_text())

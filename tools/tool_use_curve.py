@@ -56,10 +56,11 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-items", type=int, default=40, help="held-out prompts, half unseen wordings")
     parser.add_argument("--first", action="store_true", help="train on the first call only")
     parser.add_argument("--no-schema", action="store_true", help="no tool schema in any prompt")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data order (and of a fresh model)")
     args = parser.parse_args(argv)
 
-    torch.manual_seed(0)
-    rng = random.Random(0)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.layers:
         config = LlamaConfig.from_pretrained(args.model)
