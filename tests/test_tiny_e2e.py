@@ -133,8 +133,8 @@ def test_chat_data_makes_the_tool_use_conversations_and_tasks(tiny_run):
     artifact = Artifact.load(chat["_dir"])
     conversations, tasks = read_conversations(artifact), read_tool_tasks(artifact)
     assert conversations.format == "messages"
-    assert conversations.num_records["train"] + conversations.num_records["valid"] == 35000
-    assert conversations.num_records["heldout"] == 100 and tasks.num_tasks == {"train": 35000, "heldout": 100}
+    assert conversations.num_records["train"] + conversations.num_records["valid"] == 30000
+    assert conversations.num_records["heldout"] == 100 and tasks.num_tasks == {"train": 30000, "heldout": 100}
     assert sum(not t["wording_seen"] for t in tasks.tasks("heldout")) == 50
     # 5% of the training conversations show the tool schema, 90% stop after the first call;
     # every held-out one shows the schema and the whole round trip
