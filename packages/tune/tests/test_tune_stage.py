@@ -5,14 +5,15 @@ from pathlib import Path
 
 import pytest
 from fullchain.core.contracts import write_conversations
-from fullchain.tune.stage import run
+from fullchain.tune.stage import last_complete_checkpoint, run
 from tune_testing import build_model, build_tokenizer, metrics_rows, tune_config
 
 
 def test_full_sft_lowers_the_loss_and_resumes_from_its_checkpoint(tune_base_model, sft_set, tmp_path):
-    """Full SFT on the same 8 conversations lowers their loss; killed after its step-4 checkpoint
-    (simulated: later checkpoints and outputs removed), a re-run resumes there and ends with the
-    same losses as the uninterrupted run."""
+    """Full SFT on the same 8 conversations lowers their loss; killed while saving its step-8
+    checkpoint (simulated: that checkpoint left without trainer_state.json, which the Trainer
+    writes last, and the outputs removed), a re-run skips the half-written checkpoint, resumes
+    from step 4 and ends with the same losses as the uninterrupted run."""
     cfg = tune_config(base_model=str(tune_base_model), dataset=str(sft_set), max_train_records=8,
                       schedule={"train_iters": 8}, checkpoint={"save_interval": 4},
                       optimizer={"lr": 3e-3, "weight_decay": 0.0})
@@ -23,13 +24,34 @@ def test_full_sft_lowers_the_loss_and_resumes_from_its_checkpoint(tune_base_mode
     assert losses[-1] < losses[0] - 0.3, losses
     import shutil
 
-    shutil.rmtree(out / "checkpoints" / "checkpoint-8")
+    (out / "checkpoints" / "checkpoint-8" / "trainer_state.json").unlink()
     shutil.rmtree(out / "hf")
+    assert last_complete_checkpoint(out / "checkpoints") == str(out / "checkpoints" / "checkpoint-4")
     resumed = run(cfg, {}, out)
     again = [r["loss"] for r in metrics_rows(out) if "loss" in r]
     assert len(again) == 8 and again[:4] == losses[:4]
     assert again[4:] == pytest.approx(losses[4:], abs=1e-5)
     assert resumed["train_steps"] == 8
+
+
+def test_the_last_complete_checkpoint_skips_half_written_ones(tmp_path):
+    """Newest first; a checkpoint without trainer_state.json, or with a cut one, is skipped (and
+    removed when asked); other names are ignored; none -> None."""
+    checkpoints = tmp_path / "checkpoints"
+    assert last_complete_checkpoint(checkpoints) is None  # no directory yet
+    for step, state in ((4, '{"global_step": 4}'), (12, '{"global_step": 12}'), (16, None), (20, '{"glob')):
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        (checkpoints / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (checkpoints / "checkpoint-final").mkdir()
+    assert last_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-12")
+    assert (checkpoints / "checkpoint-16").is_dir()  # kept unless asked
+    assert last_complete_checkpoint(checkpoints, remove_incomplete=True) == str(checkpoints / "checkpoint-12")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-12", "checkpoint-4", "checkpoint-final"]
+    (checkpoints / "checkpoint-12" / "trainer_state.json").unlink()
+    (checkpoints / "checkpoint-4" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(checkpoints) is None
 
 
 def test_dpo_raises_the_chosen_over_rejected_margin(tune_base_model, dpo_set, tmp_path):

@@ -266,7 +266,6 @@ def run(cfg: TuneConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, An
     """Fine-tune `inputs["model"]` (or cfg.base_model) on the conversations into `out`."""
     import torch
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +287,7 @@ def run(cfg: TuneConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, An
     net, tokenizer = load_model(cfg, model_ref, precision)
 
     checkpoints = out / "checkpoints"
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_complete_checkpoint(checkpoints, remove_incomplete=_rank() == 0)
     if resume is None and _rank() == 0 and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # a failed attempt that saved no checkpoint
     elif resume is not None:
@@ -347,6 +346,30 @@ def run(cfg: TuneConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, An
         torch.distributed.barrier()
     return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
             for k, v in metrics.items()}
+
+
+def last_complete_checkpoint(checkpoints: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest `checkpoint-N` the Trainer finished writing, or None.
+
+    The Trainer writes `trainer_state.json` last; a step stopped while saving leaves a newer
+    checkpoint with the model but without it (or with it cut short). Such a checkpoint is skipped,
+    with a warning, and removed when `remove_incomplete` (rank 0), so the re-run resumes from
+    the last whole one instead of failing on the missing file."""
+    found = []
+    for path in checkpoints.glob("checkpoint-*") if checkpoints.is_dir() else []:
+        step = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("%s: incomplete (the step stopped while saving it): not resumed from", path)
+            if remove_incomplete:
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        return str(path)
+    return None
 
 
 def _truncate_metrics(file: Path, step: int) -> None:
