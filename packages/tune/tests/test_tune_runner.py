@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fullchain.core import procs
 from fullchain.core.contracts import read_hf_model
 from fullchain.tune.stage import run
 from tune_testing import metrics_rows
@@ -81,18 +82,6 @@ def test_lora_sft_through_the_runner_on_two_ranks(tune_base_model, sft_set, tmp_
     assert again.returncode == 0 and "0 step(s) ran, 1 reused" in again.stderr
 
 
-def command_lines() -> list[str]:
-    """Every live process's command line (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                continue  # ended meanwhile
-    return found
-
-
 def test_a_killed_step_resumes_from_its_last_checkpoint(tune_base_model, sft_set, tmp_path):
     """SIGKILL the runner once the step saved checkpoint-4 (its stage process follows it); the
     next `fullchain run` resumes the incomplete artifact there: the log says so, metrics.jsonl
@@ -115,8 +104,7 @@ def test_a_killed_step_resumes_from_its_last_checkpoint(tune_base_model, sft_set
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     (out,) = (p for p in (tmp_path / "store" / "tune").iterdir() if p.is_dir())
-    request = str(out / ".fullchain" / "request.json")  # on the stage process's command line
-    while any(request in cmdline for cmdline in command_lines()):
+    while procs.find(procs.step_token(out)):  # the step's processes, by the runner's token
         assert time.time() < deadline, "the stage process outlived its killed runner"
         time.sleep(0.1)  # (a checkpoint it left half-written is skipped: test_tune_stage.py)
     assert not (out / "manifest.json").exists()
