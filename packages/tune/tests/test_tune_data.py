@@ -92,3 +92,45 @@ def test_collator_pads_unpacked_rows_with_a_mask():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+@pytest.mark.parametrize("adapter", [False, True])
+def test_labelled_logits_give_the_models_own_loss_and_gradients(tokenizer, tune_base_model, adapter):
+    """The output layer run only at labelled positions (sft.LabelledLogits, what the Trainer
+    uses) gives the model's own causal-LM loss and the same gradients, on packed rows; under
+    PEFT too; outside `selecting` the model's logits cover every position."""
+    import torch
+    from fullchain.tune.sft import LabelledLogits
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tune_base_model), attn_implementation="sdpa")
+    model.config.use_cache = False
+    if adapter:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    conversations = [TOOL_CONVERSATION] + [
+        {"messages": [{"role": "user", "content": f"Question {i}?"},
+                      {"role": "assistant", "content": "Answer " * (i + 1)}]} for i in range(5)]
+    rows = pack([tokenize_conversation(tokenizer, c) for c in conversations], 160)
+    batch = Collator(tokenizer.pad_token_id)(as_rows([], rows))
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    own = model(**inputs, labels=batch["labels"])
+    own_grads = torch.autograd.grad(own.loss, trained)
+    selection = LabelledLogits(model.get_output_embeddings())
+    with selection.selecting(batch["labels"]):
+        selected = model(**inputs)
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert selected.logits.shape == (labelled, model.config.vocab_size)
+    loss = selection.loss(selected, batch["labels"])
+    torch.testing.assert_close(loss, own.loss, atol=1e-5, rtol=1e-5)
+    for mine, theirs in zip(torch.autograd.grad(loss, trained), own_grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-4)
+    # the Trainer's contract: summed over the batch, divided by the tokens of the whole step
+    summed = selection.loss(selected, batch["labels"], num_items_in_batch=torch.tensor(2 * labelled))
+    torch.testing.assert_close(summed, own.loss / 2, atol=1e-5, rtol=1e-5)
+    assert model(**inputs).logits.shape[:2] == batch["input_ids"].shape

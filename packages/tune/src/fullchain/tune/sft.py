@@ -5,6 +5,10 @@ trl's SFTTrainer would tokenize through `datasets.map` and flatten a packed batc
 (batch x seq)^2 mask. Our rows are tokenized once in memory (data.py) and a packed batch stays
 [batch, seq_length] with per-conversation position ids. The arguments are still trl's SFTConfig
 (a TrainingArguments), built by translate.to_trl_config.
+
+The output layer runs only where a token is trained on (`LabelledLogits`): in the demo's tool-use
+conversations a quarter of the tokens carry a label, and the 4k-vocabulary output layer over every
+position was most of a tiny model's compute (benchmarks/tune_logits.py measures the step).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fullchain.tune.config import TuneConfig
-from fullchain.tune.data import Collator, as_rows, pack, tokenize_conversations
+from fullchain.tune.data import IGNORE_INDEX, Collator, as_rows, pack, tokenize_conversations
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,74 @@ def callbacks(cfg: TuneConfig, out: Path, metrics_callback: Any) -> list:
     return found
 
 
+class LabelledLogits:
+    """The model's output layer computed only at the positions whose next token has a label.
+
+    A forward pre-hook on the output layer (`get_output_embeddings()`, so it holds under PEFT and
+    DDP, which call the same module) keeps the hidden states of those positions while a batch's
+    loss is computed (`selecting(labels)`), so the model returns logits `[n, vocab]` for the `n`
+    trained positions, in row-major order; `loss` is the causal-LM cross-entropy over them, the
+    same value as the model's own loss (the Trainer's `compute_loss_func` contract: summed and
+    divided by `num_items_in_batch` when the Trainer gives it, else the mean). Outside
+    `selecting` the layer sees every position, so generation and export are untouched."""
+
+    def __init__(self, output_layer: Any):
+        self.keep = None
+        self.handle = output_layer.register_forward_pre_hook(self._select)
+
+    @staticmethod
+    def targets(labels: Any) -> Any:
+        """The label each position predicts: the next position's (IGNORE_INDEX at each row's end)."""
+        import torch
+
+        return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
+
+    def _select(self, module: Any, args: tuple) -> tuple | None:
+        if self.keep is None:
+            return None
+        hidden, *rest = args
+        return (hidden[self.keep], *rest)
+
+    def selecting(self, labels: Any):
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            self.keep = self.targets(labels) != IGNORE_INDEX
+            try:
+                yield
+            finally:
+                self.keep = None
+
+        return scope()
+
+    def loss(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        import torch
+
+        targets = self.targets(labels)
+        targets = targets[targets != IGNORE_INDEX].to(outputs.logits.device)
+        summed = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+        if num_items_in_batch is None:
+            return summed / max(targets.numel(), 1)
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(summed.device)
+        return summed / num_items_in_batch
+
+
+def _labelled_logits_trainer(selection: LabelledLogits):
+    from transformers import Trainer
+
+    class LabelledLogitsTrainer(Trainer):
+        """transformers' Trainer whose loss runs the output layer at labelled positions only."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with selection.selecting(inputs["labels"]):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+
+    return LabelledLogitsTrainer
+
+
 def _cuda() -> bool:
     import torch
 
@@ -67,8 +139,6 @@ def _cuda() -> bool:
 def train_sft(cfg: TuneConfig, net: Any, tokenizer: Any, train_records: list, eval_records: list,
               out: Path, precision: str, callback: Any):
     """A ready Trainer and the data statistics (records, truncated, dropped, rows, tokens)."""
-    from transformers import Trainer
-
     seq = cfg.batch.seq_length
     train = tokenize_conversations(tokenizer, train_records, seq)
     if not train.examples:
@@ -87,8 +157,10 @@ def train_sft(cfg: TuneConfig, net: Any, tokenizer: Any, train_records: list, ev
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(cfg, out, precision, world)
     pad_id = tokenizer.pad_token_id
-    trainer = Trainer(
+    selection = LabelledLogits(net.get_output_embeddings())
+    trainer = _labelled_logits_trainer(selection)(
         model=net, args=args, train_dataset=as_rows(train.examples, rows),
         eval_dataset=eval_rows, processing_class=tokenizer,
-        data_collator=Collator(pad_id), callbacks=callbacks(cfg, out, callback))
+        data_collator=Collator(pad_id), callbacks=callbacks(cfg, out, callback),
+        compute_loss_func=selection.loss)
     return trainer, stats
