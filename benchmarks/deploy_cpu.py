@@ -15,7 +15,7 @@ chat-templated questions, 64 output tokens asked (tokens counted from each answe
 random model may stop early at an end token; the baseline counts its own the same way).
 Goals (issue 11): served/baseline >= 1.0 at c=1 and >= 2.0 at c=8.
 
-    .venv/bin/python benchmarks/deploy_cpu.py [--requests 8] [--max-tokens 64]
+    .venv/bin/python benchmarks/deploy_cpu.py [--requests 8] [--max-tokens 64] [--modes cb] [--threads 1]
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def baseline(model_dir: Path, requests: int, max_tokens: int) -> dict:
 
 
 def served(artifact: Path, continuous_batching: bool, requests: int, max_tokens: int,
-           quantization: str = "none") -> dict:
+           quantization: str = "none", threads: int = 0) -> dict:
     from fullchain.core import services
     from fullchain.core.contracts import write_deployment
     from fullchain.deploy.bench import load_test
@@ -106,7 +106,7 @@ def served(artifact: Path, continuous_batching: bool, requests: int, max_tokens:
 
     cfg = DeployConfig(continuous_batching=continuous_batching, max_tokens=max_tokens,
                        default_max_tokens=max_tokens, quantization=quantization,
-                       max_concurrent_requests=16)
+                       max_concurrent_requests=16, threads=threads)
     write_deployment(artifact, replace(deployment_for(cfg), startup_timeout_s=300))
     running = services.start("bench", artifact, artifact / "logs", dict(os.environ))
     try:
@@ -129,6 +129,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=8, help="requests at c=1 (twice as many at c=8)")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the server's torch threads (deploy.threads; 0: torch's default, one per core); "
+                             "the baseline keeps torch's default")
     parser.add_argument("--modes", default="plain,cb", help="plain and/or cb (continuous batching), "
                         "each optionally with -int8 (e.g. cb,cb-int8)")
     args = parser.parse_args()
@@ -154,7 +157,7 @@ def main() -> None:
         for mode in args.modes.split(","):
             int8 = mode.endswith("-int8")
             result = served(quantized if int8 else artifact, mode.startswith("cb"), args.requests,
-                            args.max_tokens, "int8" if int8 else "none")
+                            args.max_tokens, "int8" if int8 else "none", args.threads)
             after = baseline(artifact / MODEL_DIR, args.requests, args.max_tokens)
             base = (before["output_tokens_per_s"] + after["output_tokens_per_s"]) / 2
             print(f"baseline HF generate, 1 at a time, around '{mode}': "

@@ -164,3 +164,33 @@ def test_packed_sft_with_gradient_checkpointing(tune_base_model, sft_set, tmp_pa
     # the label a packed row drops (a conversation's first token) is never an assistant token
     assert packed["train_label_tokens"] == plain["train_label_tokens"]
     assert packed["train_steps"] == 2 and packed["first_loss"] > 0
+
+
+def test_group_by_length_draws_batches_of_similar_length(tune_base_model, sft_set, tmp_path):
+    """train_sampling_strategy=group_by_length reaches transformers' LengthGroupedSampler: its
+    unpacked batches of the 65 conversations (17-500 tokens) carry far less padding than the
+    default random draw's, and the stage trains with it."""
+    from fullchain.core.contracts import read_conversations, read_hf_model
+    from fullchain.tune.sft import train_sft
+    from fullchain.tune.stage import _metrics_callback, _records, load_model
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    def padding(strategy: str) -> tuple[float, object]:
+        cfg = tune_config(base_model=str(tune_base_model), dataset=str(sft_set),
+                          train_sampling_strategy=strategy, batch={"seq_length": 512})
+        net, tokenizer = load_model(cfg, read_hf_model(tune_base_model), "fp32")
+        records = _records(read_conversations(sft_set), "train", None)
+        trainer, _ = train_sft(cfg, net, tokenizer, records, [], tmp_path / strategy, "fp32",
+                               _metrics_callback(tmp_path / strategy))
+        batches = list(trainer.get_train_dataloader())
+        padded = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+        return padded / sum(b["input_ids"].numel() for b in batches), trainer._get_train_sampler()
+
+    grouped, sampler = padding("group_by_length")
+    drawn, _ = padding("random")
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert grouped < drawn / 2, (grouped, drawn)
+    metrics = run(tune_config(base_model=str(tune_base_model), dataset=str(sft_set),
+                              train_sampling_strategy="group_by_length", schedule={"train_iters": 2},
+                              batch={"seq_length": 512}), {}, tmp_path / "run")
+    assert metrics["train_steps"] == 2 and metrics["first_loss"] > 0

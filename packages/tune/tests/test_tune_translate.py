@@ -25,8 +25,10 @@ def test_sft_config_carries_the_shared_training_vocabulary(tmp_path):
     cfg = _config(batch={"seq_length": 256, "micro_batch_size": 2, "global_batch_size": 8},
                   optimizer={"lr": 1e-4, "clip_grad": 0.5},
                   schedule={"train_iters": 30, "warmup_iters": 3, "min_lr": 1e-5},
-                  checkpoint={"save_interval": 10}, logging={"tensorboard": False})
+                  checkpoint={"save_interval": 10}, logging={"tensorboard": False},
+                  train_sampling_strategy="group_by_length")
     args = trl.SFTConfig(**to_trl_config(cfg, str(tmp_path), "fp32", data_parallel_size=2))
+    assert args.train_sampling_strategy == "group_by_length"
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 2)
     assert (args.max_length, args.learning_rate, args.max_grad_norm) == (256, 1e-4, 0.5)
     assert (args.max_steps, args.warmup_steps, args.save_steps, args.seed) == (30, 3, 10, 1234)

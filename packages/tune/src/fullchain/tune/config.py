@@ -92,6 +92,12 @@ class TuneConfig:
     packing: bool = False
     """Pack several conversations into each row of batch.seq_length tokens (attention and
     positions kept per conversation); SFT methods only."""
+    train_sampling_strategy: Literal["random", "group_by_length"] = "random"
+    """transformers' `TrainingArguments.train_sampling_strategy`: the order rows are drawn in.
+    group_by_length draws batches of rows of similar length (its `LengthGroupedSampler`), so an
+    unpacked batch is padded little: with short rows of varied length (the demo's tool-use
+    conversations) it is the cheaper alternative to packing, whose block-diagonal masks over long
+    rows cost attention compute."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

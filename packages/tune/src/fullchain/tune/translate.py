@@ -60,6 +60,7 @@ def to_trl_config(cfg: TuneConfig, output_dir: str, precision: str,
         "seed": cfg.seed,
         "activation_checkpointing": cfg.gradient_checkpointing,  # transformers 5 name of it
         "dataloader_num_workers": cfg.num_workers,
+        "train_sampling_strategy": cfg.train_sampling_strategy,
     }
     if cfg.checkpoint.save_interval:
         kwargs["save_steps"] = cfg.checkpoint.save_interval
