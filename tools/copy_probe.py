@@ -1,4 +1,4 @@
-"""Can a model copy? The induction probe behind docs/tune.md's "no copying in the pretrained model".
+"""Can a model copy? The induction probe behind docs/tune.md's "Copying strings is not what is missing".
 
 For each HF model directory: sequences of random tokens, each shown twice in a row; the score is
 how often the greedy next token in the second half is the one that followed the same token in the
