@@ -51,8 +51,7 @@ def batches(directory: Path, count: int):
 
     cfg = ToolUseConfig(train_tasks=4000, schema_fraction=0.05, first_call_fraction=0.9)
     tasks = tool_use.generate(cfg, seed=1234)["train"]
-    conversations = [tool_use.conversation(t, "calculator", tool_use.shows_schema(t["id"], cfg, 1234),
-                                           tool_use.first_call_only(t["id"], cfg, 1234)) for t in tasks]
+    conversations = [tool_use.training_conversation(t, cfg, 1234) for t in tasks]
     tokenizer_cfg = TokenizerConfig(vocab_size=4096)
     save_hf(tokenizer_cfg, train_bpe(tokenizer_cfg, stdlib_texts(4 << 20)), directory)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))

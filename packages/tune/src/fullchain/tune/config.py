@@ -96,8 +96,9 @@ class TuneConfig:
     """transformers' `TrainingArguments.train_sampling_strategy`: the order rows are drawn in.
     group_by_length draws batches of rows of similar length (its `LengthGroupedSampler`), so an
     unpacked batch is padded little: with short rows of varied length (the demo's tool-use
-    conversations) it is the cheaper alternative to packing, whose block-diagonal masks over long
-    rows cost attention compute."""
+    conversations) it is faster than packing, whose block-diagonal masks over long rows cost
+    attention compute, but a batch then holds one kind of conversation at a time: on the demo it
+    learned half as much per conversation (docs/tune.md)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

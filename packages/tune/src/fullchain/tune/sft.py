@@ -12,6 +12,7 @@ position was most of a tiny model's compute (benchmarks/tune_logits.py measures 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -75,7 +76,7 @@ class LabelledLogits:
 
     def __init__(self, output_layer: Any):
         self.keep = None
-        self.handle = output_layer.register_forward_pre_hook(self._select)
+        output_layer.register_forward_pre_hook(self._select)
 
     @staticmethod
     def targets(labels: Any) -> Any:
@@ -90,18 +91,13 @@ class LabelledLogits:
         hidden, *rest = args
         return (hidden[self.keep], *rest)
 
+    @contextlib.contextmanager
     def selecting(self, labels: Any):
-        import contextlib
-
-        @contextlib.contextmanager
-        def scope():
-            self.keep = self.targets(labels) != IGNORE_INDEX
-            try:
-                yield
-            finally:
-                self.keep = None
-
-        return scope()
+        self.keep = self.targets(labels) != IGNORE_INDEX
+        try:
+            yield
+        finally:
+            self.keep = None
 
     def loss(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         import torch

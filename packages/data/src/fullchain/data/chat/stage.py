@@ -214,15 +214,12 @@ def run(cfg: ChatDataConfig, inputs: dict, out: Path) -> dict[str, Any]:
     pools: list[tuple[str, dict]] = []
     tasks: dict[str, list[dict]] = {}
     if cfg.tool_use is not None:
-        from fullchain.data.chat.tool_use import conversation, first_call_only, generate, shows_schema
+        from fullchain.data.chat.tool_use import conversation, generate, training_conversation
 
         tasks = generate(cfg.tool_use, cfg.seed)
         # held-out first: when a training record repeats a held-out one, the training copy goes
         pools += [("heldout", conversation(t, cfg.tool_use.tool)) for t in tasks["heldout"]]
-        pools += [("train", conversation(t, cfg.tool_use.tool,
-                                         shows_schema(t["id"], cfg.tool_use, cfg.seed),
-                                         first_call_only(t["id"], cfg.tool_use, cfg.seed)))
-                  for t in tasks["train"]]
+        pools += [("train", training_conversation(t, cfg.tool_use, cfg.seed)) for t in tasks["train"]]
         stats[TOOL_USE]["read"] = len(tasks["train"]) + len(tasks["heldout"])
     for source in cfg.sources:
         pools += [("train", r) for r in read_source(source, cfg.on_error, stats[source.name])]

@@ -328,6 +328,13 @@ def first_call_only(task_id: str, cfg: ToolUseConfig, seed: int) -> bool:
     return _in_share("first-call", cfg.first_call_fraction, task_id, seed)
 
 
+def training_conversation(task: dict[str, Any], cfg: ToolUseConfig, seed: int) -> dict[str, Any]:
+    """A training task's SFT conversation as the chat_data stage writes it: with the schema for
+    the `schema_fraction` of tasks, cut after the first call for the `first_call_fraction`."""
+    return conversation(task, cfg.tool, shows_schema(task["id"], cfg, seed),
+                        first_call_only(task["id"], cfg, seed))
+
+
 def _operands(family: Family, expression: str) -> dict[str, int]:
     """Operand values back from an expression string (leaves in tree order)."""
     leaves: list[str] = []
