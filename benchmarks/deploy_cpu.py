@@ -7,7 +7,10 @@
               concurrency 1 and 8; once with one generate() per request (default) and once with
               continuous batching (`deploy.continuous_batching=true`); modes ending in `-int8`
               serve the same model quantized (`deploy.quantization=int8`: torchao int8
-              weight-only linear layers), so the int8 row compares with the fp32 row beside it
+              weight-only linear layers), so the int8 row compares with the fp32 row beside it;
+              modes ending in `-int8_dynamic` serve it with PyTorch's dynamic int8 linear layers
+              (`deploy.quantization=int8_dynamic`), and also print plain `generate` on the same
+              quantized model, one request at a time (the same-model ratio)
 
 Model: the `small` shape (hidden 384, 6 layers, 6 heads, ffn 1024; conf/model/small.yaml), random
 weights, a BPE tokenizer trained here on tinyshakespeare (8k) with our ChatML template; prompts are
@@ -15,7 +18,7 @@ chat-templated questions, 64 output tokens asked (tokens counted from each answe
 random model may stop early at an end token; the baseline counts its own the same way).
 Goals (issue 11): served/baseline >= 1.0 at c=1 and >= 2.0 at c=8.
 
-    .venv/bin/python benchmarks/deploy_cpu.py [--requests 8] [--max-tokens 64] [--modes cb] [--threads 1]
+    .venv/bin/python benchmarks/deploy_cpu.py [--requests 8] [--max-tokens 64] [--modes cb,cb-int8_dynamic] [--threads 1]
 """
 from __future__ import annotations
 
@@ -72,12 +75,16 @@ def save_random_llama(tokenizer, out: Path, **shape) -> Path:
     return out
 
 
-def baseline(model_dir: Path, requests: int, max_tokens: int) -> dict:
+def baseline(model_dir: Path, requests: int, max_tokens: int, int8_dynamic: bool = False) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    if int8_dynamic:
+        from fullchain.deploy.quantize import dynamic_int8
+
+        model = dynamic_int8(model)
     eos = json.loads((model_dir / "generation_config.json").read_text())["eos_token_id"]
     tokens, started = 0, None
     for index in range(requests + 1):  # the first one warms up
@@ -144,7 +151,11 @@ def main() -> None:
         artifact = Path(tmp) / "deploy"
         stage_model(read_hf_model(source), artifact / MODEL_DIR)
         quantized = Path(tmp) / "deploy-int8"
-        if any(mode.endswith("-int8") for mode in args.modes.split(",")):
+        modes = args.modes.split(",")
+        if unknown := [m for m in modes if m.split("-")[0] not in ("plain", "cb")
+                       or m.partition("-")[2] not in ("", "int8", "int8_dynamic")]:
+            parser.error(f"--modes: {unknown} (plain or cb, optionally -int8 or -int8_dynamic)")
+        if any(mode.endswith("-int8") for mode in modes):
             from fullchain.deploy.config import DeployConfig
             from fullchain.deploy.quantize import quantize_in_place
 
@@ -154,10 +165,10 @@ def main() -> None:
         # The machine is shared: the baseline is taken right before and after each served mode,
         # and each ratio uses the mean of the two around it.
         before = baseline(artifact / MODEL_DIR, args.requests, args.max_tokens)
-        for mode in args.modes.split(","):
-            int8 = mode.endswith("-int8")
-            result = served(quantized if int8 else artifact, mode.startswith("cb"), args.requests,
-                            args.max_tokens, "int8" if int8 else "none", args.threads)
+        for mode in modes:
+            quantization = mode.partition("-")[2] or "none"
+            result = served(quantized if quantization == "int8" else artifact, mode.startswith("cb"),
+                            args.requests, args.max_tokens, quantization, args.threads)
             after = baseline(artifact / MODEL_DIR, args.requests, args.max_tokens)
             base = (before["output_tokens_per_s"] + after["output_tokens_per_s"]) / 2
             print(f"baseline HF generate, 1 at a time, around '{mode}': "
@@ -172,6 +183,14 @@ def main() -> None:
                       f"latency p50 {row['latency_p50_s']}s, ttft p50 {row['ttft_p50_s']}s, "
                       f"errors {row['errors']}, 429 {row['refused_429']}; ratio vs baseline "
                       f"{ratio:.2f} (goal {'>= 1.0' if level == 'c1' else '>= 2.0'})", flush=True)
+            if quantization == "int8_dynamic":
+                same = baseline(artifact / MODEL_DIR, args.requests, args.max_tokens, int8_dynamic=True)
+                result["same_model_baseline_tokens_per_s"] = same["output_tokens_per_s"]
+                for level in ("c1", "c8"):
+                    ratio = result[level]["output_tokens_per_s"] / same["output_tokens_per_s"]
+                    result[f"{level}_same_model_ratio"] = round(ratio, 2)
+                    print(f"served ({mode}) {level} vs HF generate on the same int8_dynamic model "
+                          f"({same['output_tokens_per_s']} tokens/s): {ratio:.2f}", flush=True)
             print(f"served ({mode}) start-up: {result['startup_s']}s", flush=True)
             before = after
         print(json.dumps(report, indent=1))

@@ -63,13 +63,17 @@ def same_expression(a: str, b: str) -> bool:
 
 
 class Model:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, quantize: str = "none"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.model = AutoModelForCausalLM.from_pretrained(directory).eval()
+        if quantize == "int8_dynamic":  # as the deploy server applies deploy.quantization=int8_dynamic
+            from fullchain.deploy.quantize import dynamic_int8
+
+            self.model = dynamic_int8(self.model)
         self.end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def reply(self, messages, tools, max_new_tokens: int = 48) -> str:
@@ -160,6 +164,8 @@ def main(argv=None) -> int:
     parser.add_argument("model", help="a Hugging Face model dir (e.g. <tune artifact>/hf)")
     parser.add_argument("chat_data", help="the data.chat artifact dir (conversations + tasks)")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out records only")
+    parser.add_argument("--quantize", choices=("none", "int8_dynamic"), default="none",
+                        help="score the model as deploy.quantization=int8_dynamic serves it")
     args = parser.parse_args(argv)
     chat = Artifact.load(Path(args.chat_data))
     conversations = read_conversations(chat)
@@ -171,7 +177,7 @@ def main(argv=None) -> int:
         records = (seen[: (args.limit + 1) // 2] + unseen[: args.limit // 2])
     tools = records[0].get("tools")
     start = time.perf_counter()
-    result = measure(Model(args.model), records, tasks, tools)
+    result = measure(Model(args.model, args.quantize), records, tasks, tools)
     result["seconds"] = round(time.perf_counter() - start, 1)
     json.dump(result, sys.stdout, indent=1)
     print()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_testing import descendants, gone
+from deploy_testing import WEATHER_TOOL, descendants, gone
 from fullchain.core.contracts import read_deployment, read_hf_model
 
 REPO = Path(__file__).resolve().parents[3]
@@ -146,6 +146,10 @@ def test_config_rules():
         DeployConfig(quantization="awq")
     with pytest.raises(ValueError, match="int8 is the transformers engine's"):
         DeployConfig(engine="lmdeploy", quantization="int8")
+    with pytest.raises(ValueError, match="int8_dynamic is the transformers engine's"):
+        DeployConfig(engine="lmdeploy", quantization="int8_dynamic")
+    with pytest.raises(ValueError, match="dtype: bf16 with quantization=int8_dynamic"):
+        DeployConfig(quantization="int8_dynamic", dtype="bf16")
     with pytest.raises(ValueError, match="default_max_tokens: 600 exceeds max_tokens"):
         DeployConfig(default_max_tokens=600)
     gpu = Placement(world_size=1, accelerator="cuda", device_count=1, transformer_engine=False)
@@ -188,6 +192,62 @@ def test_int8_deployment_quantizes_linear_weights_serves_tool_calls_and_keeps_th
     # torchao stores a linear weight as int8 data + float scales; norms and embeddings stay float
     assert dtypes["model.layers.0.mlp.up_proj._weight_qdata"] == "I8", dtypes
     assert dtypes["model.layers.0.input_layernorm.weight"] == "F32"
+
+
+def test_int8_dynamic_quantizes_every_linear_layer_and_keeps_the_greedy_choice(tool_model):
+    """The translation alone, on the trained tool model: no float nn.Linear is left (the output
+    layer included; embeddings and norms stay float), and the quantized model picks the same
+    next token as the fp32 one at nearly every position of a tool-use conversation."""
+    import torch
+    from fullchain.deploy.quantize import dynamic_int8
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tool_model)
+    full = AutoModelForCausalLM.from_pretrained(tool_model).eval()
+    linear = sum(type(m) is torch.nn.Linear for m in full.modules())
+    quantized = dynamic_int8(AutoModelForCausalLM.from_pretrained(tool_model).eval())
+    assert not any(type(m) is torch.nn.Linear for m in quantized.modules())
+    assert sum(type(m).__name__ == "Linear" and "quantized.dynamic" in type(m).__module__
+               for m in quantized.modules()) == linear
+    assert type(quantized.get_input_embeddings()) is torch.nn.Embedding
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the weather in Paris?"}],
+                                        tools=[WEATHER_TOOL], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.inference_mode():
+        agree = (full(ids).logits.argmax(-1) == quantized(ids).logits.argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree
+    with pytest.raises(ValueError, match="needs the model in fp32"):
+        dynamic_int8(AutoModelForCausalLM.from_pretrained(tool_model, dtype=torch.bfloat16))
+
+
+def test_int8_dynamic_deployment_serves_tool_calls_from_the_unchanged_weights(tool_model, tmp_path):
+    """deploy.quantization=int8_dynamic through the real CLI: the artifact keeps the source's
+    weights (hard links, nothing rewritten), the serve command asks the server to quantize as it
+    loads (fp32), the server says how many layers it quantized, and the quantized engine still
+    answers the smoke test's tool call."""
+    import hashlib
+
+    from transformers import AutoConfig
+
+    env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "artifacts"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
+               FULLCHAIN_CACHE=str(tmp_path / "cache"))
+    result = fullchain("run", "stages=[deploy]", "env=current", "~graph.deploy.inputs.model",
+                       f"deploy.model_path={tool_model}", "deploy.quantization=int8_dynamic", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (manifest,) = (tmp_path / "artifacts" / "deploy").glob("*/manifest.json")
+    metrics = json.loads(manifest.read_text())["metrics"]
+    assert metrics["quantization"] == "int8-dynamic (PyTorch, applied at load)"
+    assert metrics["smoke_tool_calls"] == 1 and metrics["smoke_tool_finish_reason"] == "tool_calls"
+    deployment = read_deployment(manifest.parent)
+    assert deployment.source_model == str(tool_model)
+    command = " ".join(deployment.command)
+    assert "--quantize int8_dynamic" in command and "--dtype float32" in command
+    weights = manifest.parent / "model" / "model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).digest() == \
+        hashlib.sha256((tool_model / "model.safetensors").read_bytes()).digest()
+    log = (manifest.parent / "logs" / "service" / "service.stderr.log").read_text()
+    layers = AutoConfig.from_pretrained(tool_model).num_hidden_layers * 7 + 1  # q k v o gate up down + lm_head
+    assert f"{layers} linear layers quantized to int8" in log, log[-2000:]
 
 
 def test_lmdeploy_command_carries_the_settings():

@@ -74,10 +74,14 @@ class DeployConfig:
     """LMDeploy: concurrent sequences in the engine."""
     cache_max_entry_count: float = 0.8
     """LMDeploy: fraction of free GPU memory for the KV cache."""
-    quantization: Literal["none", "int8", "awq"] = "none"
+    quantization: Literal["none", "int8", "int8_dynamic", "awq"] = "none"
     """Weight quantization: `int8` = int8 weight-only linear layers (per-channel scales,
     activations in float) through torchao's `Int8WeightOnlyConfig` as transformers'
-    `TorchAoConfig` (transformers engine, CPU or GPU); `awq` = W4A16 through `lmdeploy lite
+    `TorchAoConfig`, saved in the artifact (transformers engine, CPU or GPU; smaller on disk,
+    slower than fp32 on CPU); `int8_dynamic` = PyTorch's dynamic quantization (`quantize_dynamic`
+    with `per_channel_dynamic_qconfig`: int8 linear weights, activations quantized per batch, its
+    fbgemm/x86 int8 kernels) applied by the server as it loads the model (transformers engine,
+    fp32 on CPU; the fastest CPU option, docs/deploy.md); `awq` = W4A16 through `lmdeploy lite
     auto_awq` (lmdeploy engine, GPU only). The full-precision model stays the lineage link
     (`source_model`)."""
     kv_cache_int8: bool = False
@@ -107,10 +111,13 @@ class DeployConfig:
                                               or self.tensor_parallel_size != 1):
             raise ValueError("quantization: awq, kv_cache_int8 and tensor_parallel_size > 1 need "
                              "engine=lmdeploy (GPU); the transformers engine quantizes with "
-                             "quantization=int8 only")
-        if self.engine == "lmdeploy" and self.quantization == "int8":
-            raise ValueError("quantization: int8 is the transformers engine's (torchao); LMDeploy "
-                             "quantizes with awq (W4A16) and kv_cache_int8")
+                             "quantization=int8 or int8_dynamic")
+        if self.engine == "lmdeploy" and self.quantization in ("int8", "int8_dynamic"):
+            raise ValueError(f"quantization: {self.quantization} is the transformers engine's; "
+                             "LMDeploy quantizes with awq (W4A16) and kv_cache_int8")
+        if self.quantization == "int8_dynamic" and self.dtype not in ("auto", "fp32"):
+            raise ValueError(f"dtype: {self.dtype} with quantization=int8_dynamic; PyTorch's "
+                             "dynamic quantization takes fp32 linear layers (dtype: fp32 or auto)")
 
     def resolve(self, placement) -> None:
         """LMDeploy needs a GPU; `auto` dtype becomes bf16 there (fp32 stays the CPU's)."""

@@ -10,7 +10,8 @@ import sys
 from fullchain.core.contracts import Deployment
 from fullchain.deploy.config import DeployConfig
 
-QUANTIZATION_LABELS = {"int8": "int8-weight-only (torchao)"}
+QUANTIZATION_LABELS = {"int8": "int8-weight-only (torchao)",
+                       "int8_dynamic": "int8-dynamic (PyTorch, applied at load)"}
 """What `deployment.json` records as `quantization` for the transformers engine's options."""
 
 MODEL_DIR = "model"
@@ -28,6 +29,9 @@ def transformers_deployment(cfg: DeployConfig, python: str = sys.executable) -> 
                "--max-request-bytes", str(cfg.max_request_bytes), "--threads", str(cfg.threads)]
     if cfg.continuous_batching:
         command.append("--continuous-batching")
+    if cfg.quantization == "int8_dynamic":
+        command[command.index("--dtype") + 1] = "float32"
+        command += ["--quantize", "int8_dynamic"]
     return Deployment(engine="transformers", model_name=cfg.served_model_name, command=command,
                       env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
                       health_path="/health", api_base="/v1",

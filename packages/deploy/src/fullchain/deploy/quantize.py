@@ -1,7 +1,14 @@
-"""CPU quantization of the servable model: int8 weight-only linear layers through torchao, the
-quantization library transformers itself integrates (`TorchAoConfig`), so the engine loads the
-quantized directory with its own `from_pretrained` (the `quantization_config` in config.json
-tells it how) and nothing in the server changes."""
+"""CPU quantization of the servable model, two ways:
+
+- `int8`: int8 weight-only linear layers through torchao, the quantization library transformers
+  itself integrates (`TorchAoConfig`), saved in the artifact, so the engine loads the quantized
+  directory with its own `from_pretrained` (the `quantization_config` in config.json tells it
+  how) and nothing in the server changes. Smaller on disk; slower than fp32 on CPU (torchao's
+  int8 layouts are written for torch.compile; eager, they dequantize).
+- `int8_dynamic`: PyTorch's dynamic quantization (int8 weights, activations quantized per batch,
+  fbgemm/x86 int8 GEMMs), applied by the server to the loaded model (`dynamic_int8`): PyTorch's
+  quantized modules have no HF checkpoint format, so the artifact keeps the full-precision
+  weights and the serve command says `--quantize int8_dynamic`."""
 from __future__ import annotations
 
 import logging
@@ -23,6 +30,25 @@ def torchao_config(cfg: DeployConfig):
     if cfg.quantization != "int8":
         raise ValueError(f"quantization: {cfg.quantization!r} has no torchao translation (int8 only)")
     return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+def dynamic_int8(model):
+    """The one translation for `quantization=int8_dynamic`: every `nn.Linear` of `model` (the
+    output layer included; embeddings and norms stay float) becomes PyTorch's dynamically
+    quantized Linear with per-output-channel int8 weights (`per_channel_dynamic_qconfig`), in
+    place. PyTorch marks `torch.ao.quantization` deprecated in favour of torchao, whose eager int8
+    configs measured slower than fp32 here (docs/deploy.md); the warning is silenced here only."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError("quantization: int8_dynamic needs the model in fp32 (dtype: fp32 or auto)")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
+        warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
 def quantize_in_place(cfg: DeployConfig, model_dir: Path) -> dict:

@@ -20,8 +20,10 @@ PAGE_SIZE = 256
 
 
 def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: str | None,
-              continuous_batching: bool, dtype: str, max_requests_per_batch: int = 0):
-    """The engine's app for one pinned model, served under `served_model_name`, in the gateway."""
+              continuous_batching: bool, dtype: str, max_requests_per_batch: int = 0,
+              quantize: str = "none"):
+    """The engine's app for one pinned model, served under `served_model_name`, in the gateway.
+    `quantize="int8_dynamic"` quantizes the loaded model's linear layers (`quantize.dynamic_int8`)."""
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
     from transformers.cli.serving.model_manager import ModelManager
@@ -41,7 +43,16 @@ def build_app(model_dir: Path, served_model_name: str, limits: Limits, api_key: 
             return processor
 
         def _load_model(self, model_id_and_revision, *args, **kwargs):
-            return super()._load_model(self._path(model_id_and_revision), *args, **kwargs)
+            model = super()._load_model(self._path(model_id_and_revision), *args, **kwargs)
+            if quantize == "int8_dynamic":
+                from fullchain.deploy.quantize import dynamic_int8
+
+                model = dynamic_int8(model)
+                layers = sum(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")
+                             for m in model.modules())
+                print(f"fullchain.deploy.server: {layers} linear layers quantized to int8 (PyTorch "
+                      "dynamic quantization, per-channel weights)", file=sys.stderr, flush=True)
+            return model
 
         @staticmethod
         def _path(model_id: str) -> str:
@@ -154,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-concurrent-requests", type=int, default=16)
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--quantize", choices=("none", "int8_dynamic"), default="none",
+                        help="int8_dynamic: PyTorch dynamic int8 linear layers, applied at load")
     parser.add_argument("--max-requests-per-batch", type=int, default=0,
                         help="continuous batching: requests per forward (0: --max-concurrent-requests)")
     args = parser.parse_args(argv)
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                     max_request_bytes=args.max_request_bytes)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     app = build_app(args.model, args.served_model_name, limits, api_key,
-                    args.continuous_batching, args.dtype, args.max_requests_per_batch)
+                    args.continuous_batching, args.dtype, args.max_requests_per_batch, args.quantize)
     print(f"fullchain.deploy.server: {args.served_model_name} from {args.model} on "
           f"http://{args.host}:{args.port} (API key {'required' if api_key else 'off'}; limits "
           f"{limits})", file=sys.stderr, flush=True)
