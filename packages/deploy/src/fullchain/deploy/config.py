@@ -57,7 +57,8 @@ class DeployConfig:
     `max_concurrent_requests` full contexts (off: one generate() per request, one after another;
     measured 6.8x vs 1.4x plain HF generate's tokens/s at 8 concurrent clients)."""
     threads: int = field(default=0, metadata=_NOT_HASHED)
-    """CPU threads of the engine (0: torch's default)."""
+    """CPU threads of the engine (0: torch's default). On 2 cores, 1 is faster with continuous
+    batching (its generation thread's OpenMP team; docs/deploy.md), most with int8_dynamic."""
     max_prompt_tokens: int = 0
     """Longest accepted prompt in tokens after the chat template (0: the model's context)."""
     max_tokens: int = 512
