@@ -158,6 +158,21 @@ def test_config_rules():
     assert cfg.dtype == "bf16"
 
 
+def deploy_quantized(tool_model: Path, tmp_path: Path, quantization: str) -> tuple[Path, dict]:
+    """`fullchain run stages=[deploy]` of the trained tool model with `deploy.quantization`; the
+    step must succeed and its smoke test's tool call come back as `tool_calls`. Returns the
+    manifest's path and its metrics."""
+    env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "artifacts"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
+               FULLCHAIN_CACHE=str(tmp_path / "cache"))
+    result = fullchain("run", "stages=[deploy]", "env=current", "~graph.deploy.inputs.model",
+                       f"deploy.model_path={tool_model}", f"deploy.quantization={quantization}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (manifest,) = (tmp_path / "artifacts" / "deploy").glob("*/manifest.json")
+    metrics = json.loads(manifest.read_text())["metrics"]
+    assert metrics["smoke_tool_calls"] == 1 and metrics["smoke_tool_finish_reason"] == "tool_calls"
+    return manifest, metrics
+
+
 def test_int8_deployment_quantizes_linear_weights_serves_tool_calls_and_keeps_the_source(
         tool_model, tmp_path):
     """deploy.quantization=int8 through the real CLI: torchao int8 weight-only linear layers, loaded
@@ -170,15 +185,8 @@ def test_int8_deployment_quantizes_linear_weights_serves_tool_calls_and_keeps_th
         return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir() if f.is_file()}
 
     before = digests(tool_model)
-    env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "artifacts"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
-               FULLCHAIN_CACHE=str(tmp_path / "cache"))
-    result = fullchain("run", "stages=[deploy]", "env=current", "~graph.deploy.inputs.model",
-                       f"deploy.model_path={tool_model}", "deploy.quantization=int8", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (manifest,) = (tmp_path / "artifacts" / "deploy").glob("*/manifest.json")
-    metrics = json.loads(manifest.read_text())["metrics"]
+    manifest, metrics = deploy_quantized(tool_model, tmp_path, "int8")
     assert metrics["quantization"] == "int8-weight-only (torchao)"
-    assert metrics["smoke_tool_calls"] == 1 and metrics["smoke_tool_finish_reason"] == "tool_calls"
     assert metrics["weights_bytes_quantized"] < 0.75 * metrics["weights_bytes_full"]
     deployment = read_deployment(manifest.parent)
     assert deployment.quantization == "int8-weight-only (torchao)"
@@ -229,15 +237,8 @@ def test_int8_dynamic_deployment_serves_tool_calls_from_the_unchanged_weights(to
 
     from transformers import AutoConfig
 
-    env = dict(os.environ, FULLCHAIN_STORE=str(tmp_path / "artifacts"), FULLCHAIN_RUNS=str(tmp_path / "runs"),
-               FULLCHAIN_CACHE=str(tmp_path / "cache"))
-    result = fullchain("run", "stages=[deploy]", "env=current", "~graph.deploy.inputs.model",
-                       f"deploy.model_path={tool_model}", "deploy.quantization=int8_dynamic", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (manifest,) = (tmp_path / "artifacts" / "deploy").glob("*/manifest.json")
-    metrics = json.loads(manifest.read_text())["metrics"]
+    manifest, metrics = deploy_quantized(tool_model, tmp_path, "int8_dynamic")
     assert metrics["quantization"] == "int8-dynamic (PyTorch, applied at load)"
-    assert metrics["smoke_tool_calls"] == 1 and metrics["smoke_tool_finish_reason"] == "tool_calls"
     deployment = read_deployment(manifest.parent)
     assert deployment.source_model == str(tool_model)
     command = " ".join(deployment.command)
