@@ -19,9 +19,11 @@ MODEL_DIR = "model"
 
 
 def transformers_deployment(cfg: DeployConfig, python: str = sys.executable) -> Deployment:
+    # PyTorch's dynamic quantization takes fp32 linear layers, whatever dtype the model is stored in
+    dtype = "fp32" if cfg.quantization == "int8_dynamic" else cfg.dtype
     command = [python, "-m", "fullchain.deploy.server", "--model", "{artifact}/" + MODEL_DIR,
                "--served-model-name", cfg.served_model_name, "--host", "{host}", "--port", "{port}",
-               "--dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(cfg.dtype, "auto"),
+               "--dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, "auto"),
                "--api-key-env", cfg.api_key_env,
                "--max-prompt-tokens", str(cfg.max_prompt_tokens), "--max-tokens", str(cfg.max_tokens),
                "--default-max-tokens", str(cfg.default_max_tokens),
@@ -30,7 +32,6 @@ def transformers_deployment(cfg: DeployConfig, python: str = sys.executable) -> 
     if cfg.continuous_batching:
         command.append("--continuous-batching")
     if cfg.quantization == "int8_dynamic":
-        command[command.index("--dtype") + 1] = "float32"
         command += ["--quantize", "int8_dynamic"]
     return Deployment(engine="transformers", model_name=cfg.served_model_name, command=command,
                       env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
